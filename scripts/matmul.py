@@ -1,0 +1,18 @@
+"""Snakemake entry point: time the matmul cases on one device."""
+
+from mlpbench.io import write_parquet_atomic
+from mlpbench.joblog import job_log
+from mlpbench.matmul import run_matmul_stage, shapes_from_config
+
+with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
+    cfg = snakemake.params.cfg  # noqa: F821
+    table = run_matmul_stage(
+        device=snakemake.wildcards.device,  # noqa: F821
+        dtypes=list(cfg["dtypes"]),
+        shapes=shapes_from_config(cfg),
+        threads=snakemake.threads,  # noqa: F821
+        min_run_time_s=cfg["min_run_time_s"],
+        bandwidth_mib=cfg["bandwidth_mib"],
+    )
+    log.info("%d rows, status counts: %s", len(table), table["status"].value_counts().to_dict())
+    write_parquet_atomic(table, snakemake.output[0])  # noqa: F821

@@ -1,0 +1,63 @@
+import os
+import socket
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from mlpbench.config import config_hash, explain, find_validation_error, sanitise_id
+
+min_version("9.0")
+
+SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+
+# Validate (and fill defaults) before any job is scheduled; turn the schema error into one
+# sentence naming the key, the value and what is allowed.
+try:
+    validate(config, str(SCHEMA))
+except WorkflowError as err:
+    found = find_validation_error(err)
+    if found is None:
+        raise
+    raise WorkflowError(explain(found, yaml.safe_load(SCHEMA.read_text()))) from None
+
+CONFIG_HASH = config_hash(config)
+MACHINE_ID = config["machine_id"] or sanitise_id(socket.gethostname())
+TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "decision"]
+
+
+def usable_cores():
+    """Cores this run may use: Snakemake's --cores, capped by the CPUs we are pinned to."""
+    available = len(os.sched_getaffinity(0))
+    cores = workflow.cores
+    return min(cores, available) if isinstance(cores, int) and cores > 0 else available
+
+
+def matmul_threads():
+    return config["matmul"]["threads"] or usable_cores()
+
+
+def machine_file():
+    return f"results/machine/{MACHINE_ID}.json"
+
+
+def matmul_files():
+    return expand("results/matmul/{device}.parquet", device=config["matmul"]["devices"])
+
+
+def train_dirs():
+    return expand(
+        "results/train/{dataset}/{device}",
+        dataset=list(config["train"]["datasets"]),
+        device=config["train"]["devices"],
+    )
+
+
+def train_files():
+    return [f"{d}/{table}.parquet" for d in train_dirs() for table in TRAIN_TABLES]
+
+
+def gpu_count(wildcards):
+    """CUDA jobs claim the one GPU so that they never overlap."""
+    return int(wildcards.device == "cuda")

@@ -1,0 +1,13 @@
+rule machine:
+    output:
+        f"results/machine/{MACHINE_ID}.json",
+    log:
+        "logs/machine.log",
+    conda:
+        "../envs/mlpbench.yaml"
+    params:
+        config_hash=CONFIG_HASH,
+        matmul_threads=matmul_threads(),
+        train_threads=config["train"]["threads"],
+    script:
+        "../../scripts/machine.py"

@@ -1,0 +1,19 @@
+# Timing jobs take the single `timing` slot (capped at 1 in the default profile) so that
+# no other job shares the cores they measure.
+rule matmul:
+    output:
+        "results/matmul/{device}.parquet",
+    log:
+        "logs/matmul/{device}.log",
+    wildcard_constraints:
+        device="cpu|cuda",
+    conda:
+        "../envs/mlpbench.yaml"
+    threads: matmul_threads()
+    resources:
+        timing=1,
+        gpu=gpu_count,
+    params:
+        cfg=config["matmul"],
+    script:
+        "../../scripts/matmul.py"

@@ -1,0 +1,24 @@
+# One job per data set x device: each job trains every shape of its grid as batched ensembles,
+# so the ~2 s that importing torch costs is paid once per job, not once per model.
+rule train:
+    output:
+        multiext(
+            "results/train/{dataset}/{device}/",
+            *[f"{table}.parquet" for table in TRAIN_TABLES],
+        ),
+    log:
+        "logs/train/{dataset}_{device}.log",
+    wildcard_constraints:
+        dataset="toy|blobs",
+        device="cpu|cuda",
+    conda:
+        "../envs/mlpbench.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        timing=1,
+        gpu=gpu_count,
+    params:
+        cfg=lambda wildcards: config["train"]["datasets"][wildcards.dataset],
+        decision_grid=config["train"]["decision_grid"],
+    script:
+        "../../scripts/train.py"
