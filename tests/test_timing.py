@@ -1,0 +1,131 @@
+"""The shared timer: threads applied and restored, warm-up excluded, per-call times, CUDA sync."""
+
+from __future__ import annotations
+
+import time
+import timeit
+
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from mlpbench.timing import blas_num_threads, cuda_synchronized_clock, measure, thread_limits
+
+
+@pytest.fixture
+def one_thread():
+    """Start each test from 1 torch thread and 1 BLAS thread, so a change to 2 is visible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    torch.set_num_threads(before)
+
+
+def test_thread_limits_sets_torch_and_blas_then_restores(one_thread):
+    assert blas_num_threads(), "NumPy's BLAS should be visible to threadpoolctl"
+    with thread_limits(2):
+        assert torch.get_num_threads() == 2
+        assert set(blas_num_threads()) == {2}
+    assert torch.get_num_threads() == 1
+    assert set(blas_num_threads()) == {1}
+
+
+def test_thread_limits_restores_after_an_exception(one_thread):
+    with pytest.raises(RuntimeError), thread_limits(2):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 1
+    assert set(blas_num_threads()) == {1}
+
+
+def test_measure_applies_threads_during_timing_and_restores(one_thread):
+    seen: list[tuple[int, tuple[int, ...]]] = []
+
+    def probe() -> None:
+        seen.append((torch.get_num_threads(), tuple(blas_num_threads())))
+
+    result = measure("probe()", {"probe": probe}, threads=2, min_run_time_s=0.01)
+    assert seen, "the statement never ran"
+    assert {torch_threads for torch_threads, _ in seen} == {2}
+    assert {n for _, blas in seen for n in blas} == {2}
+    assert result.threads == 2
+    assert "2 threads" in result.method
+    assert torch.get_num_threads() == 1
+    assert set(blas_num_threads()) == {1}
+
+
+def test_slow_first_call_is_a_warm_up_not_a_measurement():
+    calls = {"n": 0}
+
+    def first_call_slow() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(0.3)
+
+    result = measure("f()", {"f": first_call_slow}, threads=1, min_run_time_s=0.02, warmup=1)
+    assert result.warmup_calls == 1
+    assert result.median_s < 0.01
+    # Without the warm-up the 0.3 s call would set the block size to a single call.
+    assert result.number_per_run > 1
+    assert calls["n"] >= 1 + result.n_runs * result.number_per_run
+
+
+def test_median_is_seconds_per_call_of_the_statement():
+    result = measure("time.sleep(0.0005)", {"time": time}, threads=1, min_run_time_s=0.05)
+    assert 0.0005 <= result.median_s < 0.005
+    assert result.iqr_s >= 0
+    assert result.n_runs >= 1 and result.number_per_run >= 1
+    assert result.n_runs * result.number_per_run * result.median_s >= 0.04
+
+
+def test_numpy_statement_with_globals():
+    import numpy as np
+
+    x = np.ones((8, 8))
+    result = measure("np.matmul(x, x, out=z)", {"np": np, "x": x, "z": np.zeros((8, 8))},
+                     threads=1, min_run_time_s=0.01)
+    assert result.median_s > 0
+    assert "np.matmul(x, x, out=z)" in result.method
+    assert "blocked_autorange(min_run_time=0.01)" in result.method
+    assert "cuda" not in result.method
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"threads": 0, "min_run_time_s": 0.01}, "threads"),
+        ({"threads": True, "min_run_time_s": 0.01}, "threads"),
+        ({"threads": 1, "min_run_time_s": 0}, "min_run_time_s"),
+        ({"threads": 1, "min_run_time_s": float("nan")}, "min_run_time_s"),
+        ({"threads": 1, "min_run_time_s": 0.01, "warmup": -1}, "warmup"),
+    ],
+)
+def test_bad_arguments_are_rejected_by_name(kwargs, field):
+    with pytest.raises(ValueError, match=rf"^{field}: got .*allowed"):
+        measure("pass", {}, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable")
+def test_cuda_clock_waits_for_queued_kernels():
+    a = torch.rand(4096, 4096, device="cuda")
+    b = torch.rand(4096, 4096, device="cuda")
+    a @ b  # first cuBLAS call: handle creation, kernel selection
+    torch.cuda.synchronize()
+    start = timeit.default_timer()
+    for _ in range(10):
+        a @ b  # ~10 x 137 GFLOP fp32: several ms on any GPU, microseconds to launch
+    launched = timeit.default_timer() - start
+    finished = cuda_synchronized_clock() - start
+    assert finished > 1e-3
+    assert finished > launched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable")
+def test_cuda_measurement_is_synchronised():
+    a = torch.rand(2048, 2048, device="cuda")
+    z = torch.empty_like(a)
+    result = measure("torch.matmul(a, a, out=z)", {"a": a, "z": z}, threads=1,
+                     min_run_time_s=0.05, cuda=True)
+    assert "torch.cuda.synchronize()" in result.method
+    # 2 * 2048^3 = 17 GFLOP: well above a microsecond-scale launch on any GPU.
+    assert 2 * 2048**3 / result.median_s < 2e15
