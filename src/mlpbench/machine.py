@@ -1,0 +1,263 @@
+"""Provenance: what machine, libraries, threads and config produced a set of results.
+
+Every collector degrades to ``None`` (or a "none" string with a reason) instead of raising, so a
+missing GPU, git or package never stops the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from threadpoolctl import threadpool_info
+
+__all__ = ["BLAS_ENV_VARS", "KEYS", "collect", "config_hash", "machine_id"]
+
+KEYS = (
+    "host", "machine_id", "cpu_model", "physical_cores", "logical_cores", "usable_cores",
+    "threads", "blas", "blas_env", "gpu", "versions", "git_commit", "git_dirty", "config_hash",
+    "config", "created_utc",
+)
+# Thread counts and core-type overrides that change what BLAS does; recorded, never changed.
+BLAS_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+_PACKAGES = {  # key in the record -> distribution name
+    "torch": "torch", "numpy": "numpy", "pandas": "pandas", "snakemake": "snakemake",
+    "sklearn": "scikit-learn", "matplotlib": "matplotlib", "threadpoolctl": "threadpoolctl",
+}
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the canonical JSON of ``config`` (sorted keys, no whitespace)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def machine_id(explicit: str | None = None) -> str:
+    """``explicit`` if given (checked: it names files), else the sanitised short hostname."""
+    if explicit is not None:
+        if not isinstance(explicit, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
+                                                             explicit):
+            raise ValueError(
+                f"machine_id: got {explicit!r}; allowed: letters, digits, '.', '_', '-', "
+                "starting with a letter or digit"
+            )
+        return explicit
+    name = (socket.gethostname() or platform.node()).split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")
+    return name or "unknown-host"
+
+
+def collect(
+    threads: int, config_hash: str, config: dict | None = None, *,
+    explicit_id: str | None = None, repo_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The machine record (JSON-serialisable). ``repo_dir`` (default: cwd) is asked for git."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: got {threads!r}; allowed: an integer >= 1")
+    if config is not None and config_hash != _hash_of(config):
+        raise ValueError(
+            f"config_hash: got {config_hash!r}; allowed: the hash of the config passed with it "
+            f"({_hash_of(config)!r})"
+        )
+    repo = Path(repo_dir) if repo_dir is not None else Path.cwd()
+    physical, logical = _core_counts()
+    pools = _threadpools()
+    record = {
+        "host": machine_id(None),
+        "machine_id": machine_id(explicit_id),
+        "cpu_model": _cpu_model(),
+        "physical_cores": physical,
+        "logical_cores": logical,
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical,
+        "threads": threads,
+        "blas": {"numpy": _numpy_blas(pools), "torch": _torch_blas(), "threadpools": pools},
+        "blas_env": {var: os.environ.get(var) for var in BLAS_ENV_VARS},
+        "gpu": _gpu(),
+        "versions": _versions(),
+        "git_commit": _git(repo, "rev-parse", "HEAD"),
+        "git_dirty": _git_dirty(repo),
+        "config_hash": config_hash,
+        "config": config,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return record
+
+
+_hash_of = config_hash  # the parameter of collect() shadows the function
+
+
+# --- CPU ---------------------------------------------------------------------------------------
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str:
+    match = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
+    return match.group(1).strip() if match else (platform.processor() or platform.machine())
+
+
+def _core_counts() -> tuple[int | None, int | None]:
+    """(physical, logical): physical from the sysfs topology, else /proc/cpuinfo, else logical."""
+    logical = os.cpu_count()
+    cores: set[tuple[str, str]] = set()
+    for topo in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(),
+                       (topo / "core_id").read_text().strip()))
+        except OSError:
+            cores.clear()
+            break
+    if not cores:
+        blocks = [b for b in _cpuinfo().split("\n\n") if "core id" in b]
+        for block in blocks:
+            phys = re.search(r"^physical id\s*:\s*(\d+)", block, re.MULTILINE)
+            core = re.search(r"^core id\s*:\s*(\d+)", block, re.MULTILINE)
+            if core:
+                cores.add((phys.group(1) if phys else "0", core.group(1)))
+    return (len(cores) or logical), logical
+
+
+# --- BLAS --------------------------------------------------------------------------------------
+
+
+def _threadpools() -> list[dict[str, Any]]:
+    """Every BLAS and OpenMP library threadpoolctl finds loaded in this process."""
+    import numpy  # noqa: F401  (make sure NumPy's BLAS is loaded before asking)
+
+    keep = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture",
+            "threading_layer")
+    out = []
+    for lib in threadpool_info():
+        entry = {key: lib.get(key) for key in keep}
+        entry["filepath"] = lib.get("filepath")
+        out.append(entry)
+    return out
+
+
+def _numpy_blas(pools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The BLAS that NumPy itself loaded (its wheel ships it under numpy*/), else the first."""
+    blas = [p for p in pools if p["user_api"] == "blas"]
+    own = [p for p in blas if any(part.startswith("numpy") for part in
+                                  Path(p["filepath"] or "").parts)]
+    chosen = (own or blas or [None])[0]
+    if chosen is None:
+        return {"internal_api": "none", "version": None, "num_threads": None,
+                "architecture": None, "threading_layer": None, "prefix": None, "filename": None}
+    entry = {k: v for k, v in chosen.items() if k not in ("user_api", "filepath")}
+    entry["filename"] = Path(chosen["filepath"] or "").name or None
+    return entry
+
+
+_CONFIG_PATTERNS = {
+    "blas_info": r"BLAS_INFO=([^,\s]+)",
+    "lapack_info": r"LAPACK_INFO=([^,\s]+)",
+    "mkl": r"(Intel\(R\) (?:oneAPI )?Math Kernel Library[^\n]*)",
+    "mkldnn": r"(Intel\(R\) MKL-DNN[^\n]*|oneDNN[^\n]*)",
+    "openmp": r"(OpenMP \d+[^\n]*)",
+    "cpu_capability": r"CPU capability usage:\s*(\S+)",
+    "cuda_build": r"USE_CUDA=([^,\s]+)",
+    "build_type": r"BUILD_TYPE=([^,\s]+)",
+}
+
+
+def _torch_blas() -> dict[str, Any]:
+    try:
+        shown = torch.__config__.show()
+    except Exception:  # noqa: BLE001 - provenance never breaks the run
+        shown = ""
+    info: dict[str, Any] = {}
+    for key, pattern in _CONFIG_PATTERNS.items():
+        match = re.search(pattern, shown)
+        info[key] = match.group(1).strip() if match else None
+    backend = re.search(r"ATen parallel backend:\s*([^\n]+)", torch.__config__.parallel_info())
+    info.update(
+        parallel_backend=backend.group(1).strip() if backend else None,
+        mkl_available=torch.backends.mkl.is_available(),
+        mkldnn_available=torch.backends.mkldnn.is_available(),
+        openmp_available=torch.backends.openmp.is_available(),
+        num_threads=torch.get_num_threads(),
+        num_interop_threads=torch.get_num_interop_threads(),
+    )
+    return info
+
+
+# --- GPU ---------------------------------------------------------------------------------------
+
+
+def _gpu() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
+        return {"available": False, "count": 0, "name": "none", "memory_gib": None,
+                "driver": "none", "cuda_version": torch.version.cuda or "none",
+                "reason": f"CUDA unavailable: torch.cuda.is_available() is False{build}"}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "available": True,
+        "count": torch.cuda.device_count(),
+        "name": props.name,
+        "memory_gib": round(props.total_memory / 2**30, 2),
+        "driver": _nvidia_driver(),
+        "cuda_version": torch.version.cuda,
+        "reason": "",
+    }
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip().splitlines()
+        if out:
+            return out[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # the kernel module states it too, where nvidia-smi is missing
+        text = Path("/proc/driver/nvidia/version").read_text()
+        match = re.search(r"Kernel Module\s+(\S+)", text)
+        return match.group(1) if match else None
+    except OSError:
+        return None
+
+
+# --- software ----------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for key, dist in _PACKAGES.items():
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    return versions
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _git_dirty(repo: Path) -> bool | None:
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)

@@ -1,0 +1,143 @@
+"""The machine record: every key, JSON-safe, honest about what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import torch
+
+import mlpbench.machine as machine
+from mlpbench.machine import BLAS_ENV_VARS, KEYS, collect, config_hash, machine_id
+
+CONFIG = {"matmul": {"dtypes": ["float32", "float64"], "threads": 2}, "machine_id": None}
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return collect(2, config_hash(CONFIG), CONFIG)
+
+
+def test_record_has_every_key_and_is_plain_json(record):
+    assert set(record) == set(KEYS)
+    # plain json.dumps (no default=str): every value is a JSON type
+    assert json.loads(json.dumps(record)) == record
+    assert record["threads"] == 2
+    assert record["config_hash"] == config_hash(CONFIG)
+    assert record["config"] == CONFIG
+
+
+def test_cpu_and_core_counts(record):
+    assert isinstance(record["cpu_model"], str) and record["cpu_model"]
+    assert record["logical_cores"] == os.cpu_count()
+    assert 1 <= record["physical_cores"] <= record["logical_cores"]
+    assert 1 <= record["usable_cores"] <= record["logical_cores"]
+
+
+def test_blas_of_numpy_and_torch(record):
+    numpy_blas = record["blas"]["numpy"]
+    for key in ("internal_api", "version", "num_threads", "architecture"):
+        assert key in numpy_blas
+    assert numpy_blas["internal_api"] in {"openblas", "mkl", "blis", "accelerate", "flexiblas"}
+    torch_blas = record["blas"]["torch"]
+    assert torch_blas["blas_info"]  # e.g. "mkl" or "open"
+    assert torch_blas["mkldnn_available"] == torch.backends.mkldnn.is_available()
+    assert torch_blas["num_threads"] >= 1
+    assert set(record["blas_env"]) == set(BLAS_ENV_VARS)
+
+
+def test_blas_environment_is_recorded_not_changed(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    rec = collect(1, config_hash({}))
+    assert rec["blas_env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert rec["blas_env"]["MKL_NUM_THREADS"] is None
+    assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "MKL_NUM_THREADS" not in os.environ
+
+
+def test_versions_and_timestamp(record):
+    versions = record["versions"]
+    for key in ("python", "torch", "numpy", "pandas", "snakemake", "sklearn", "matplotlib"):
+        assert key in versions
+    assert versions["torch"] == torch.__version__
+    created = datetime.fromisoformat(record["created_utc"])
+    assert created.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=5)
+
+
+def test_gpu_absent_is_said_in_words(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu = collect(1, config_hash({}))["gpu"]
+    assert gpu["available"] is False
+    assert gpu["name"] == "none" and gpu["driver"] == "none" and gpu["memory_gib"] is None
+    assert gpu["reason"].startswith("CUDA unavailable: torch.cuda.is_available() is False")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable")
+def test_gpu_present_is_described(record):
+    gpu = record["gpu"]
+    assert gpu["available"] is True and gpu["reason"] == ""
+    assert gpu["name"] == torch.cuda.get_device_name(0)
+    assert gpu["memory_gib"] > 0
+    assert gpu["cuda_version"] == torch.version.cuda
+
+
+def test_git_commit_none_outside_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # don't look above
+    rec = collect(1, config_hash({}), repo_dir=tmp_path)
+    assert rec["git_commit"] is None and rec["git_dirty"] is None
+
+
+def test_git_missing_does_not_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git, no nvidia-smi on PATH
+    assert collect(1, config_hash({}))["git_commit"] is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_git_commit_of_a_repository(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
+                               "-c", "user.email=t@example.org", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "one")
+    rec = collect(1, config_hash({}), repo_dir=tmp_path)
+    assert rec["git_commit"] == git("rev-parse", "HEAD")
+    assert rec["git_dirty"] is False
+    (tmp_path / "f.txt").write_text("b\n")
+    assert collect(1, config_hash({}), repo_dir=tmp_path)["git_dirty"] is True
+
+
+def test_config_hash_is_canonical():
+    same = {"machine_id": None, "matmul": {"threads": 2, "dtypes": ["float32", "float64"]}}
+    assert config_hash(CONFIG) == config_hash(same)
+    assert len(config_hash(CONFIG)) == 64
+    assert config_hash(CONFIG) != config_hash(CONFIG | {"machine_id": "x"})
+    reordered = {"matmul": {"dtypes": ["float64", "float32"], "threads": 2}, "machine_id": None}
+    assert config_hash(CONFIG) != config_hash(reordered)  # list order is meaningful
+
+
+def test_mismatched_hash_and_bad_threads_are_rejected():
+    with pytest.raises(ValueError, match=r"^config_hash: got 'abc'; allowed: the hash"):
+        collect(1, "abc", CONFIG)
+    with pytest.raises(ValueError, match=r"^threads: got 0; allowed: an integer >= 1"):
+        collect(0, config_hash(CONFIG))
+
+
+def test_machine_id(monkeypatch):
+    assert machine_id("lab-pc_2.gpu") == "lab-pc_2.gpu"
+    with pytest.raises(ValueError, match=r"^machine_id: got '../etc'; allowed"):
+        machine_id("../etc")
+    monkeypatch.setattr(machine.socket, "gethostname", lambda: "My Host!.example.org")
+    assert machine_id(None) == "my-host"
+    monkeypatch.setattr(machine.socket, "gethostname", lambda: "...")
+    monkeypatch.setattr(machine.platform, "node", lambda: "")
+    assert machine_id(None) == "unknown-host"
