@@ -1,0 +1,327 @@
+"""The lesson's matmul comparison, measured right: NumPy vs torch on CPU vs torch on CUDA.
+
+One row per backend x device x dtype x case x shape x kind (see ``COLUMNS``). Every backend is
+timed by :func:`mlpbench.timing.measure`; each row is set against a bandwidth reference measured
+in the same stage on the same device, so a GEMV can be judged by the share of the memory
+bandwidth it reaches rather than by its GFLOP/s.
+
+Bandwidth reference: a STREAM-like copy of ``bandwidth_mib`` MiB per backend and dtype (CPU:
+``np.copyto`` and ``Tensor.copy_``; CUDA: a device-to-device ``Tensor.copy_``), counted as bytes
+read + bytes written. ``bandwidth_gb_s`` of every row is the best copy rate of its device.
+Operand bytes of a matmul are (m*k + k*n + m*n) * itemsize; operands that fit in the caches
+can therefore show a share above 1.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mlpbench.machine import machine_id
+from mlpbench.timing import describe_method, measure
+
+__all__ = [
+    "BACKENDS",
+    "CASES",
+    "COLUMNS",
+    "DEVICES",
+    "DTYPES",
+    "Shape",
+    "cuda_unavailable_reason",
+    "run_matmul_stage",
+    "shapes_from_config",
+    "validate_stage_inputs",
+]
+
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64")
+CASES = ("lesson", "square", "gemv")
+BACKENDS = {"cpu": ("numpy", "torch"), "cuda": ("torch",)}  # NumPy has no GPU
+KINDS = {"cpu": ("matmul",), "cuda": ("matmul", "h2d", "d2h")}  # transfers exist on cuda only
+
+COLUMNS = [
+    "host", "backend", "device", "dtype", "case", "kind", "m", "k", "n", "threads", "method",
+    "time_s_median", "time_s_iqr", "n_runs", "number_per_run", "flop", "bytes", "gflop_s",
+    "gb_s", "intensity_flop_per_byte", "bandwidth_gb_s", "bandwidth_share", "status", "reason",
+]
+_MEASURED = ["time_s_median", "time_s_iqr", "gflop_s", "gb_s", "bandwidth_gb_s", "bandwidth_share"]
+
+Shape = tuple[str, int, int, int]  # (case, m, k, n)
+
+_SEED = 0
+_STMT = {
+    ("numpy", "matmul"): "np.matmul(x, y, out=z)",
+    ("torch", "matmul"): "torch.matmul(x, y, out=z)",
+    ("numpy", "copy"): "np.copyto(dst, src)",
+    ("torch", "copy"): "dst.copy_(src)",
+    ("torch", "h2d"): "y_dev.copy_(y_host)",
+    ("torch", "d2h"): "z_host.copy_(z_dev)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def shapes_from_config(matmul_cfg: Mapping[str, Any]) -> list[Shape]:
+    """Shapes from the config keys ``lesson_case`` {m,k,n}, ``square`` [s] and ``gemv`` [[k,n]]."""
+    shapes: list[Shape] = []
+    lesson = matmul_cfg.get("lesson_case")
+    if lesson is not None:
+        shapes.append(("lesson", lesson["m"], lesson["k"], lesson["n"]))
+    shapes += [("square", s, s, s) for s in matmul_cfg.get("square", [])]
+    shapes += [("gemv", 1, k, n) for k, n in matmul_cfg.get("gemv", [])]
+    return shapes
+
+
+def validate_stage_inputs(
+    device: str,
+    dtypes: Sequence[str],
+    shapes: Iterable[Sequence[Any]],
+    threads: int,
+    min_run_time_s: float,
+    bandwidth_mib: int,
+) -> list[Shape]:
+    """Raise ``ValueError`` naming the field, the bad value and what is allowed; return shapes."""
+    if device not in DEVICES:
+        raise ValueError(f"device: got {device!r}; allowed: one of {list(DEVICES)}")
+    if isinstance(dtypes, str) or not isinstance(dtypes, Sequence) or not dtypes:
+        raise ValueError(f"dtypes: got {dtypes!r}; allowed: a non-empty list from {list(DTYPES)}")
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtypes: got {dtype!r}; allowed: {list(DTYPES)}")
+    if len(set(dtypes)) != len(dtypes):
+        raise ValueError(f"dtypes: got {list(dtypes)!r}; allowed: each dtype at most once")
+    if not _is_int(threads) or threads < 1:
+        raise ValueError(f"threads: got {threads!r}; allowed: an integer >= 1")
+    if (isinstance(min_run_time_s, bool) or not isinstance(min_run_time_s, numbers.Real)
+            or not math.isfinite(min_run_time_s) or min_run_time_s <= 0):
+        raise ValueError(f"min_run_time_s: got {min_run_time_s!r}; allowed: a number > 0")
+    if not _is_int(bandwidth_mib) or bandwidth_mib < 1:
+        raise ValueError(f"bandwidth_mib: got {bandwidth_mib!r}; allowed: an integer >= 1")
+
+    checked: list[Shape] = []
+    for i, shape in enumerate(shapes):
+        field = f"shapes[{i}]"
+        if isinstance(shape, str) or not isinstance(shape, Sequence) or len(shape) != 4:
+            raise ValueError(f"{field}: got {shape!r}; allowed: (case, m, k, n)")
+        case, *dims = shape
+        if case not in CASES:
+            raise ValueError(f"{field}: got case {case!r}; allowed: one of {list(CASES)}")
+        if not all(_is_int(d) and d >= 1 for d in dims):
+            raise ValueError(f"{field}: got {shape!r}; allowed: m, k, n integers >= 1")
+        m, k, n = (int(d) for d in dims)
+        if case == "square" and not m == k == n:
+            raise ValueError(f"{field}: got {shape!r}; allowed: case 'square' needs m == k == n")
+        if case == "gemv" and m != 1:
+            raise ValueError(f"{field}: got {shape!r}; allowed: case 'gemv' needs m == 1")
+        if (case, m, k, n) in checked:
+            raise ValueError(f"{field}: got {shape!r} again; allowed: each shape at most once")
+        checked.append((case, m, k, n))
+    if not checked:
+        raise ValueError("shapes: got an empty list; allowed: at least one (case, m, k, n)")
+    return checked
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA can't be used here, or None when it can."""
+    if torch.cuda.is_available():
+        return None
+    build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
+    return f"CUDA unavailable: torch.cuda.is_available() is False{build}"
+
+
+# ---------------------------------------------------------------------------------------------
+# one measurement job
+
+
+@dataclass(frozen=True)
+class _Job:
+    backend: str
+    device: str
+    dtype: str
+    case: str
+    kind: str
+    m: int
+    k: int
+    n: int
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def flop(self) -> float:
+        return 2.0 * self.m * self.k * self.n if self.kind == "matmul" else 0.0
+
+    def nbytes(self, bandwidth_mib: int) -> float:
+        m, k, n, size = self.m, self.k, self.n, self.itemsize
+        if self.kind == "matmul":
+            return float((m * k + k * n + m * n) * size)
+        if self.kind == "h2d":
+            return float(k * n * size)
+        if self.kind == "d2h":
+            return float(m * n * size)
+        # copy: every byte is read once and written once, as STREAM counts it
+        return 2.0 * (bandwidth_mib * 2**20 // size) * size
+
+
+def _plan(device: str, dtypes: Sequence[str], shapes: Sequence[Shape]) -> list[_Job]:
+    jobs: list[_Job] = []
+    for backend in BACKENDS[device]:
+        for dtype in dtypes:
+            jobs.append(_Job(backend, device, dtype, "bandwidth", "copy", 0, 0, 0))
+            for case, m, k, n in shapes:
+                for kind in KINDS[device]:
+                    jobs.append(_Job(backend, device, dtype, case, kind, m, k, n))
+    return jobs
+
+
+def _operands(job: _Job, bandwidth_mib: int) -> dict[str, Any]:
+    """Create and fill (touch every page of) the operands of ``job``: nothing here is timed."""
+    m, k, n = job.m, job.k, job.n
+    if job.backend == "numpy":
+        dt = np.dtype(job.dtype)
+        if job.kind == "copy":
+            count = bandwidth_mib * 2**20 // dt.itemsize
+            return {"np": np, "src": np.full(count, 1.0, dt), "dst": np.zeros(count, dt)}
+        rng = np.random.default_rng(_SEED)
+        return {"np": np, "x": rng.random((m, k), dtype=dt), "y": rng.random((k, n), dtype=dt),
+                "z": np.zeros((m, n), dt)}
+
+    dt = getattr(torch, job.dtype)
+    dev = torch.device(job.device)
+    gen = torch.Generator(device=dev).manual_seed(_SEED)
+
+    def rand(*size: int, device: torch.device = dev) -> torch.Tensor:
+        g = gen if device == dev else torch.Generator().manual_seed(_SEED)
+        return torch.rand(*size, dtype=dt, device=device, generator=g)
+
+    if job.kind == "copy":
+        count = bandwidth_mib * 2**20 // job.itemsize
+        return {"src": torch.full((count,), 1.0, dtype=dt, device=dev),
+                "dst": torch.zeros(count, dtype=dt, device=dev)}
+    if job.kind == "h2d":  # pageable host memory, as the lesson's y.to('cuda')
+        return {"y_host": rand(k, n, device=torch.device("cpu")),
+                "y_dev": torch.zeros(k, n, dtype=dt, device=dev)}
+    if job.kind == "d2h":  # into pageable host memory, as the lesson's z.cpu()
+        return {"z_dev": rand(m, n), "z_host": torch.zeros(m, n, dtype=dt)}
+    return {"x": rand(m, k), "y": rand(k, n), "z": torch.zeros(m, n, dtype=dt, device=dev)}
+
+
+def _one_line(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def run_matmul_stage(
+    device: str,
+    dtypes: Sequence[str],
+    shapes: Iterable[Sequence[Any]],
+    threads: int,
+    min_run_time_s: float,
+    bandwidth_mib: int,
+    *,
+    host: str | None = None,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Measure every backend x dtype x shape x kind on ``device``; return the tidy table.
+
+    ``host`` defaults to :func:`mlpbench.machine.machine_id` (sanitised hostname). Without a GPU,
+    ``device="cuda"`` gives the full set of rows with status "unavailable"; a failure of one
+    measurement (out of memory, say) gives status "error" for that row and the rest go on.
+    """
+    checked = validate_stage_inputs(device, dtypes, shapes, threads, min_run_time_s, bandwidth_mib)
+    host = machine_id(host)
+    unavailable = cuda_unavailable_reason() if device == "cuda" else None
+    cuda = device == "cuda"
+
+    rows: list[dict[str, Any]] = []
+    for job in _plan(device, list(dtypes), checked):
+        stmt = _STMT[(job.backend, job.kind)]
+        flop, nbytes = job.flop, job.nbytes(bandwidth_mib)
+        row: dict[str, Any] = {
+            "host": host, "backend": job.backend, "device": job.device, "dtype": job.dtype,
+            "case": job.case, "kind": job.kind, "m": job.m, "k": job.k, "n": job.n,
+            "threads": threads,
+            "method": describe_method(stmt, min_run_time_s=min_run_time_s, warmup=warmup,
+                                      threads=threads, cuda=cuda),
+            "time_s_median": math.nan, "time_s_iqr": math.nan, "n_runs": 0, "number_per_run": 0,
+            "flop": flop, "bytes": nbytes, "gflop_s": math.nan, "gb_s": math.nan,
+            "intensity_flop_per_byte": flop / nbytes,
+            "bandwidth_gb_s": math.nan, "bandwidth_share": math.nan,
+            "status": "unavailable", "reason": unavailable or "",
+        }
+        if unavailable is None:
+            row.update(_measure_job(job, stmt, threads, min_run_time_s, warmup, bandwidth_mib,
+                                    flop, nbytes))
+        rows.append(row)
+        if log is not None:
+            log(_describe_row(row))
+
+    return _with_bandwidth(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _measure_job(job: _Job, stmt: str, threads: int, min_run_time_s: float, warmup: int,
+                 bandwidth_mib: int, flop: float, nbytes: float) -> dict[str, Any]:
+    operands: dict[str, Any] = {}
+    try:
+        operands = _operands(job, bandwidth_mib)
+        result = measure(stmt, operands, threads=threads, min_run_time_s=min_run_time_s,
+                         warmup=warmup, cuda=job.device == "cuda")
+    except Exception as exc:  # one failed measurement (OOM, say) must not stop the others
+        return {"status": "error", "reason": _one_line(exc)}
+    finally:
+        operands.clear()  # free big operands before the next job allocates its own
+        if job.device == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    t = result.median_s
+    return {
+        "method": result.method, "time_s_median": t, "time_s_iqr": result.iqr_s,
+        "n_runs": result.n_runs, "number_per_run": result.number_per_run,
+        "gflop_s": flop / t / 1e9, "gb_s": nbytes / t / 1e9, "status": "ok", "reason": "",
+    }
+
+
+def _with_bandwidth(df: pd.DataFrame) -> pd.DataFrame:
+    """Set every row against its device's bandwidth: the best copy rate measured on it.
+
+    The device's best copy, not each backend's own: ``np.copyto`` runs on one thread while
+    ``Tensor.copy_`` uses the thread pool, so NumPy's own copy understates what the memory
+    system delivers (and a 2-thread NumPy GEMV would "exceed" it).
+    """
+    copies = df[(df["kind"] == "copy") & (df["status"] == "ok")]
+    best = copies.groupby("device")["gb_s"].max()
+    df["bandwidth_gb_s"] = df["device"].map(best).astype("float64")
+    df["bandwidth_share"] = df["gb_s"] / df["bandwidth_gb_s"]
+    df.loc[df["status"] != "ok", _MEASURED] = math.nan
+    for col in ("m", "k", "n", "threads", "n_runs", "number_per_run"):
+        df[col] = df[col].astype("int64")
+    for col in ("flop", "bytes", "intensity_flop_per_byte", *_MEASURED):
+        df[col] = df[col].astype("float64")
+    return df
+
+
+def _describe_row(row: Mapping[str, Any]) -> str:
+    what = (f"{row['backend']:5} {row['device']:4} {row['dtype']:7} {row['case']:9} "
+            f"{row['kind']:6} m={row['m']} k={row['k']} n={row['n']}")
+    if row["status"] != "ok":
+        return f"{what}: {row['status']} ({row['reason']})"
+    return (f"{what}: median {row['time_s_median'] * 1e3:.4g} ms over {row['n_runs']} x "
+            f"{row['number_per_run']}, {row['gflop_s']:.4g} GFLOP/s, {row['gb_s']:.4g} GB/s")
