@@ -30,8 +30,8 @@ KEYS = (
 )
 # Thread counts and core-type overrides that change what BLAS does; recorded, never changed.
 BLAS_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
-_PACKAGES = {  # key in the record -> distribution name
-    "torch": "torch", "numpy": "numpy", "pandas": "pandas", "snakemake": "snakemake",
+_PACKAGES = {  # key in the record -> distribution name (torch: its own __version__, see below)
+    "numpy": "numpy", "pandas": "pandas", "snakemake": "snakemake",
     "sklearn": "scikit-learn", "matplotlib": "matplotlib", "threadpoolctl": "threadpoolctl",
 }
 
@@ -240,7 +240,9 @@ def _nvidia_driver() -> str | None:
 
 
 def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+    # torch.__version__ keeps the build tag (+cpu, +cu130) that the wheel metadata may drop
+    versions: dict[str, str | None] = {"python": platform.python_version(),
+                                       "torch": torch.__version__}
     for key, dist in _PACKAGES.items():
         try:
             versions[key] = metadata.version(dist)
