@@ -1,0 +1,563 @@
+"""Aggregate the per-job result files into the tidy tables the figures and the report read.
+
+``build_tables`` takes explicit file lists (exactly the files the config asks for, never a
+glob, so a stale file from an earlier config cannot leak in) and returns the tables below;
+``write_tables`` writes each as ``<name>.parquet`` and ``<name>.csv``, atomically.
+
+Statistics over seeds
+---------------------
+Means are over the seeds that did not diverge. ``*_std`` is the sample standard deviation
+(ddof = 1). The 95 % confidence interval of a mean is Student's t interval over seeds:
+``mean ± t(0.975, n - 1) · std / sqrt(n)``; it is NaN when fewer than two seeds remain.
+It describes the uncertainty of the *mean* (unclipped: with few seeds an accuracy interval
+can leave [0, 1]); ``*_min``/``*_max`` show what a single seed can give. Accuracies are
+fractions in [0, 1]; losses are the mean cross-entropy in nats.
+
+Tables and their columns
+------------------------
+``matmul``
+    Every input row of ``results/matmul/*.parquet`` with all its columns (host, backend,
+    device, dtype, case, kind, m, k, n, threads, method, time_s_median, time_s_iqr, n_runs,
+    number_per_run, flop, bytes, gflop_s, gb_s, intensity_flop_per_byte, bandwidth_gb_s,
+    bandwidth_share, status, reason), plus
+
+    - ``speedup_vs_numpy_float64``: time of NumPy float64 on the CPU for the same host, case
+      and shape divided by this row's time. On ``case == "lesson"`` this is the speed-up
+      against the lesson's baseline (NumPy float64, 1 x 6400 @ 6400 x 5000).
+    - ``speedup_vs_numpy_same_dtype``: the same against NumPy of this row's dtype.
+
+    Both are NaN for non-matmul rows, rows that are not ``ok`` and shapes without a NumPy row.
+
+``train_summary``
+    One row per dataset x device x width x depth x lr x epochs (checkpoint):
+    dataset, device, width, depth, lr, epochs, ``variant`` (``baseline``, or the homework
+    axis that differs from the baseline: ``epochs``/``width``/``depth``/``lr``, several joined
+    by ``+`` in grid mode), status (``ok``; ``diverged`` when every seed diverged;
+    ``unavailable`` when the device was), reason, n_seeds (seeds trained), n_ok, n_diverged,
+    share_diverged, and for each of ``loss``, ``train_acc``, ``test_acc``:
+    ``<m>_mean``, ``<m>_std``, ``<m>_ci95_low``, ``<m>_ci95_high``, ``<m>_min``, ``<m>_max``
+    (over non-diverged seeds).
+
+``loss_curves``
+    One row per dataset x device x width x depth x lr x epoch (the loss before that epoch's
+    step): dataset, device, width, depth, lr, epoch, n_seeds (non-diverged seeds averaged),
+    n_diverged (seeds left out because their curve reached NaN/inf), loss_mean, loss_std,
+    loss_ci95_low, loss_ci95_high, loss_min, loss_max. The figures draw the mean with the
+    min-max band (the spread of single seeds).
+
+``epoch_time``
+    Every row of ``timings.parquet`` (host, dataset, device, width, depth, n_members,
+    epochs_trained, threads, method, time_s, time_per_epoch_s, time_per_member_epoch_s,
+    status, reason) including ``unavailable`` rows, plus ``speedup_vs_cpu``: the CPU's
+    time per epoch for the same host, dataset, shape and method divided by this row's.
+
+``grad_norms``
+    One row per dataset x device x width x depth x lr x stage x layer: n_seeds (finite
+    values), grad_norm_mean, grad_norm_std, grad_norm_min, grad_norm_max. Layer 0 is the
+    first Linear, layer ``depth`` the output Linear; stage is ``init`` or ``final``.
+
+``lesson_reference``
+    The lesson's three ``%timeit`` numbers for x(1 x 6400) @ y(6400 x 5000): source, label,
+    backend, device, dtype, case, m, k, n, time_s, timer, sync, note, and the rates they
+    imply with this package's definitions: flop, bytes, gflop_s, gb_s.
+
+``decision_regions``
+    For each dataset, the baseline shape and the best other shape (highest mean test
+    accuracy at its last checkpoint, ties broken by lower mean loss), each for one
+    representative seed (test accuracy closest to the median over seeds): dataset, device,
+    role (``baseline``/``best``), width, depth, lr, seed, epochs, test_acc (that seed's),
+    test_acc_mean (over seeds), x0, x1, pred (arg-max class of the logits at that point).
+
+``data_points``
+    The datasets' points, when a training config is given: dataset, split (train/test),
+    x0, x1, label.
+
+``machine``
+    One row per machine file: machine_id (the record's, else the file stem) and its keys
+    flattened with ``_`` (e.g. ``gpu_available``, ``versions_torch``); nested lists are JSON
+    strings and the recorded config is one JSON string, ``config_json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mlpbench.io import write_csv_atomic, write_parquet_atomic
+
+PathLike = str | os.PathLike
+
+TABLE_NAMES = (
+    "matmul",
+    "train_summary",
+    "loss_curves",
+    "epoch_time",
+    "grad_norms",
+    "lesson_reference",
+    "decision_regions",
+    "data_points",
+    "machine",
+)
+METRICS = ("loss", "train_acc", "test_acc")
+HOMEWORK_AXES = ("epochs", "width", "depth", "lr")
+SHAPE = ["dataset", "device", "width", "depth", "lr"]
+
+# The lesson's slide "PyTorch's tensors vs NumPy's arrays": %timeit of z = x @ y with
+# x (1 x 6400), y (6400 x 5000), 100 loops each.
+LESSON_CASE = {"m": 1, "k": 6400, "n": 5000}
+LESSON_NUMBERS = [
+    {
+        "label": "lesson: torch, CUDA",
+        "backend": "torch",
+        "device": "cuda",
+        "dtype": "float32",
+        "time_s": 515e-6,
+        "sync": "not synchronised",
+        "note": "torch.rand gives float32; CUDA kernels launch asynchronously and %timeit "
+        "never calls torch.cuda.synchronize(), so it times launches and the queue, not "
+        "necessarily the finished product; the copy to the GPU is outside the timing",
+    },
+    {
+        "label": "lesson: torch, CPU",
+        "backend": "torch",
+        "device": "cpu",
+        "dtype": "float32",
+        "time_s": 9.04e-3,
+        "sync": "synchronous (CPU)",
+        "note": "torch.rand gives float32; threads = torch's default (all cores)",
+    },
+    {
+        "label": "lesson: NumPy",
+        "backend": "numpy",
+        "device": "cpu",
+        "dtype": "float64",
+        "time_s": 18.8e-3,
+        "sync": "synchronous (CPU)",
+        "note": "np.random.random gives float64: twice the bytes of the float32 tensors",
+    },
+]
+
+# Empty-table schemas, so every table exists with its columns even when a stage had no rows.
+_MATMUL_COLS = [
+    "host", "backend", "device", "dtype", "case", "kind", "m", "k", "n", "threads", "method",
+    "time_s_median", "time_s_iqr", "n_runs", "number_per_run", "flop", "bytes", "gflop_s",
+    "gb_s", "intensity_flop_per_byte", "bandwidth_gb_s", "bandwidth_share", "status", "reason",
+]
+_METRICS_COLS = [*SHAPE, "seed", "epochs", "loss", "train_acc", "test_acc", "status", "reason"]
+_LOSSES_COLS = [*SHAPE, "seed", "epoch", "loss"]
+_TIMINGS_COLS = [
+    "host", "dataset", "device", "width", "depth", "n_members", "epochs_trained", "threads",
+    "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
+]
+_GRAD_COLS = [*SHAPE, "seed", "stage", "layer", "grad_norm"]
+_DECISION_OUT_COLS = [
+    "dataset", "device", "role", "width", "depth", "lr", "seed", "epochs", "test_acc",
+    "test_acc_mean", "x0", "x1", "pred",
+]
+_POINT_COLS = ["dataset", "split", "x0", "x1", "label"]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_many(files: Sequence[PathLike], columns: list[str]) -> pd.DataFrame:
+    frames = [pd.read_parquet(f) for f in files]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _read_train(train_dirs: Sequence[PathLike], stem: str, columns: list[str]) -> pd.DataFrame:
+    return _read_many([Path(d) / f"{stem}.parquet" for d in train_dirs], columns)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _t_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half-width of Student's t 95 % interval of a mean; NaN for n < 2."""
+    n = n.astype(float)
+    dof = (n - 1).where(n >= 2)
+    t = pd.Series(stats.t.ppf(0.975, dof.to_numpy()), index=std.index)
+    return t * std / np.sqrt(n)
+
+
+def _describe(df: pd.DataFrame, keys: list[str], value: str, prefix: str) -> pd.DataFrame:
+    """n, mean, std, t-CI, min, max of ``value`` per group (NaNs dropped)."""
+    g = df.groupby(keys, dropna=False, sort=True)[value]
+    out = g.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
+    half = _t_half_width(out["std"], out["n"])
+    out[f"{prefix}_ci95_low"] = out["mean"] - half
+    out[f"{prefix}_ci95_high"] = out["mean"] + half
+    return out.rename(
+        columns={s: f"{prefix}_{s}" for s in ("mean", "std", "min", "max")}
+    )
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def matmul_table(raw: pd.DataFrame) -> pd.DataFrame:
+    """The input rows plus the two NumPy speed-ups (see the module docstring)."""
+    df = raw.reset_index(drop=True).copy()
+    ok = (df["status"] == "ok") & (df["kind"] == "matmul")
+    ref = df[ok & (df["backend"] == "numpy") & (df["device"] == "cpu")]
+    keys = ["host", "case", "m", "k", "n"]
+    # One reference time per key; if several NumPy rows share it (e.g. two thread counts),
+    # their median stands for NumPy.
+    ref = ref.groupby([*keys, "dtype"], as_index=False)["time_s_median"].median()
+    f64 = ref[ref["dtype"] == "float64"].drop(columns="dtype")
+    f64 = f64.rename(columns={"time_s_median": "_t_f64"})
+    same = ref.rename(columns={"time_s_median": "_t_same"})
+    df = df.merge(f64, on=keys, how="left").merge(same, on=[*keys, "dtype"], how="left")
+    t = df["time_s_median"].where(ok)
+    df["speedup_vs_numpy_float64"] = df["_t_f64"] / t
+    df["speedup_vs_numpy_same_dtype"] = df["_t_same"] / t
+    df = df.drop(columns=["_t_f64", "_t_same"])
+    order = ["host", "device", "backend", "dtype", "case", "kind", "m", "k", "n"]
+    return df.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def lesson_reference_table() -> pd.DataFrame:
+    """The lesson's three numbers, with the rates they imply (same formulas as the stage)."""
+    m, k, n = LESSON_CASE["m"], LESSON_CASE["k"], LESSON_CASE["n"]
+    rows = []
+    for item in LESSON_NUMBERS:
+        itemsize = np.dtype(item["dtype"]).itemsize
+        flop = 2.0 * m * k * n
+        nbytes = float((m * k + k * n + m * n) * itemsize)
+        rows.append(
+            {
+                "source": "lesson",
+                **{key: item[key] for key in ("label", "backend", "device", "dtype")},
+                "case": "lesson",
+                "m": m,
+                "k": k,
+                "n": n,
+                "time_s": item["time_s"],
+                "timer": "%timeit, 100 loops",
+                "sync": item["sync"],
+                "note": item["note"],
+                "flop": flop,
+                "bytes": nbytes,
+                "gflop_s": flop / item["time_s"] / 1e9,
+                "gb_s": nbytes / item["time_s"] / 1e9,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def infer_baselines(metrics: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Guess each dataset's baseline when no config is given.
+
+    In sweep mode the baseline shape is the one evaluated at the most epoch checkpoints and
+    the baseline epoch count is the checkpoint most shapes share; ties (grid mode) go to the
+    smallest width, depth, lr and epochs, which is the lesson's network. Pass the config's
+    baselines to ``build_tables`` to avoid guessing.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    rows = metrics.dropna(subset=["epochs", "lr"])
+    for dataset, d in rows.groupby("dataset", sort=True):
+        shapes = d.groupby(["width", "depth", "lr"])["epochs"].nunique().reset_index()
+        shapes = shapes.sort_values(
+            ["epochs", "width", "depth", "lr"], ascending=[False, True, True, True]
+        )
+        width, depth, lr = shapes.iloc[0][["width", "depth", "lr"]]
+        per_epoch = d.groupby("epochs")[["width", "depth"]].apply(
+            lambda g: len(g.drop_duplicates())
+        )
+        per_epoch = per_epoch.reset_index(name="n").sort_values(
+            ["n", "epochs"], ascending=[False, True]
+        )
+        out[str(dataset)] = {
+            "epochs": int(per_epoch.iloc[0]["epochs"]),
+            "width": int(width),
+            "depth": int(depth),
+            "lr": float(lr),
+        }
+    return out
+
+
+def _variant(row: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
+    if base is None:
+        return ""
+    differ = []
+    for axis in HOMEWORK_AXES:
+        value = row[axis]
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue  # not applicable (e.g. an unavailable device's row)
+        if not np.isclose(float(value), float(base[axis])):
+            differ.append(axis)
+    return "+".join(differ) or "baseline"
+
+
+def train_summary_table(
+    metrics: pd.DataFrame, baselines: Mapping[str, Mapping[str, Any]]
+) -> pd.DataFrame:
+    keys = [*SHAPE, "epochs"]
+    m = metrics.copy()
+    trained = m[m["status"].isin(["ok", "diverged"])]
+    ok = trained[trained["status"] == "ok"]
+    counts = trained.groupby(keys, dropna=False).agg(
+        n_seeds=("status", "size"),
+        n_ok=("status", lambda s: int((s == "ok").sum())),
+    ).reset_index()
+    counts["n_diverged"] = counts["n_seeds"] - counts["n_ok"]
+    counts["share_diverged"] = counts["n_diverged"] / counts["n_seeds"]
+    counts["status"] = np.where(counts["n_ok"] > 0, "ok", "diverged")
+    counts["reason"] = np.where(
+        counts["n_ok"] > 0, "", "every seed diverged (non-finite loss)"
+    )
+    out = counts
+    for metric in METRICS:
+        desc = _describe(ok, keys, metric, metric).drop(columns="n")
+        out = out.merge(desc, on=keys, how="left")
+
+    unavailable = m[m["status"] == "unavailable"]
+    if len(unavailable):
+        un = unavailable.groupby(keys, dropna=False).agg(reason=("reason", "first")).reset_index()
+        un = un.assign(status="unavailable", n_seeds=0, n_ok=0, n_diverged=0)
+        un["share_diverged"] = np.nan
+        out = pd.concat([out, un], ignore_index=True)
+
+    out["variant"] = [_variant(r, baselines.get(r["dataset"])) for _, r in out.iterrows()]
+    cols = [*keys, "variant", "status", "reason", "n_seeds", "n_ok", "n_diverged",
+            "share_diverged"]
+    cols += [f"{m_}_{s}" for m_ in METRICS
+             for s in ("mean", "std", "ci95_low", "ci95_high", "min", "max")]
+    out = out.reindex(columns=cols)
+    for col in ("n_seeds", "n_ok", "n_diverged"):
+        out[col] = out[col].astype("int64")
+    return out.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def loss_curves_table(losses: pd.DataFrame) -> pd.DataFrame:
+    curve = [*SHAPE, "seed"]
+    if len(losses) == 0:
+        cols = [*SHAPE, "epoch", "n_seeds", "n_diverged", "loss_mean", "loss_std",
+                "loss_ci95_low", "loss_ci95_high", "loss_min", "loss_max"]
+        return pd.DataFrame(columns=cols)
+    finite = np.isfinite(losses["loss"].to_numpy(dtype=float))
+    bad = losses.loc[~finite, curve].drop_duplicates()
+    bad_count = bad.groupby(SHAPE).size().rename("n_diverged").reset_index()
+    clean = losses.merge(bad.assign(_bad=True), on=curve, how="left")
+    clean = clean[clean["_bad"].isna()].drop(columns="_bad")
+    out = _describe(clean, [*SHAPE, "epoch"], "loss", "loss").rename(columns={"n": "n_seeds"})
+    out = out.merge(bad_count, on=SHAPE, how="left")
+    out["n_diverged"] = out["n_diverged"].fillna(0).astype("int64")
+    cols = [*SHAPE, "epoch", "n_seeds", "n_diverged", "loss_mean", "loss_std",
+            "loss_ci95_low", "loss_ci95_high", "loss_min", "loss_max"]
+    return out[cols].sort_values([*SHAPE, "epoch"], kind="stable").reset_index(drop=True)
+
+
+def epoch_time_table(timings: pd.DataFrame) -> pd.DataFrame:
+    df = timings.reset_index(drop=True).copy()
+    keys = ["host", "dataset", "width", "depth", "method"]
+    cpu = df[(df["device"] == "cpu") & (df["status"] == "ok")]
+    cpu = cpu.groupby(keys, as_index=False)["time_per_epoch_s"].median()
+    df = df.merge(cpu.rename(columns={"time_per_epoch_s": "_cpu"}), on=keys, how="left")
+    t = df["time_per_epoch_s"].where(df["status"] == "ok")
+    df["speedup_vs_cpu"] = df["_cpu"] / t
+    df = df.drop(columns="_cpu")
+    return df.sort_values(["dataset", "width", "depth", "device", "method"],
+                          kind="stable").reset_index(drop=True)
+
+
+def grad_norms_table(grads: pd.DataFrame) -> pd.DataFrame:
+    keys = [*SHAPE, "stage", "layer"]
+    g = grads.copy()
+    g["grad_norm"] = g["grad_norm"].astype(float).where(np.isfinite(g["grad_norm"].astype(float)))
+    out = _describe(g, keys, "grad_norm", "grad_norm").rename(columns={"n": "n_seeds"})
+    cols = [*keys, "n_seeds", "grad_norm_mean", "grad_norm_std", "grad_norm_min",
+            "grad_norm_max"]
+    return out[cols].sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def _pick_device(df: pd.DataFrame) -> str | None:
+    devices = set(df["device"])
+    return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
+
+
+def _representative_seed(metrics: pd.DataFrame) -> pd.Series:
+    """The seed whose test accuracy is closest to the median (then lowest loss, lowest seed)."""
+    m = metrics.assign(_dist=(metrics["test_acc"] - metrics["test_acc"].median()).abs())
+    return m.sort_values(["_dist", "loss", "seed"]).iloc[0]
+
+
+def decision_regions_table(
+    summary: pd.DataFrame, metrics: pd.DataFrame, decision_dirs: Sequence[PathLike]
+) -> pd.DataFrame:
+    """Baseline and best shape per dataset, one representative seed each, arg-max classes."""
+    decision = _read_train(decision_dirs, "decision", [*SHAPE, "seed", "x0", "x1"])
+    frames = []
+    for dataset, dec in decision.groupby("dataset", sort=True):
+        device = _pick_device(dec)
+        dec = dec[dec["device"] == device]
+        s = summary[(summary["dataset"] == dataset) & (summary["device"] == device)
+                    & (summary["status"] == "ok")]
+        if s.empty:
+            continue
+        # The decision grid is stored at each shape's last checkpoint: compare shapes there.
+        last = s.groupby(["width", "depth", "lr"])["epochs"].transform("max")
+        s = s[s["epochs"] == last]
+        picks = [("baseline", s[s["variant"].isin(["baseline", "epochs"])])]
+        others = s[~s["variant"].isin(["baseline", "epochs"])]
+        best = others.sort_values(["test_acc_mean", "loss_mean", "width", "depth"],
+                                  ascending=[False, True, True, True])
+        picks.append(("best", best.head(1)))
+        for role, rows in picks:
+            if rows.empty:
+                continue
+            row = rows.iloc[0]
+            shape = {k: row[k] for k in ("width", "depth", "lr")}
+            sel = metrics[(metrics["dataset"] == dataset) & (metrics["device"] == device)
+                          & (metrics["status"] == "ok") & (metrics["epochs"] == row["epochs"])]
+            for key, value in shape.items():
+                sel = sel[np.isclose(sel[key].astype(float), float(value))]
+            if sel.empty:
+                continue
+            seed_row = _representative_seed(sel)
+            grid = dec[(dec["width"] == shape["width"]) & (dec["depth"] == shape["depth"])
+                       & np.isclose(dec["lr"].astype(float), float(shape["lr"]))
+                       & (dec["seed"] == seed_row["seed"])]
+            # Datasets with fewer classes have NaN in the other datasets' logit columns.
+            logits = sorted((c for c in grid.columns
+                             if c.startswith("logit_") and grid[c].notna().any()),
+                            key=lambda c: int(c.split("_")[1]))
+            if grid.empty or not logits:
+                continue
+            frames.append(pd.DataFrame({
+                "dataset": dataset, "device": device, "role": role,
+                "width": int(shape["width"]), "depth": int(shape["depth"]),
+                "lr": float(shape["lr"]), "seed": int(seed_row["seed"]),
+                "epochs": int(row["epochs"]), "test_acc": float(seed_row["test_acc"]),
+                "test_acc_mean": float(row["test_acc_mean"]),
+                "x0": grid["x0"].to_numpy(dtype=float), "x1": grid["x1"].to_numpy(dtype=float),
+                "pred": np.argmax(grid[logits].to_numpy(dtype=float), axis=1).astype("int64"),
+            }))
+    if not frames:
+        return pd.DataFrame(columns=_DECISION_OUT_COLS)
+    return pd.concat(frames, ignore_index=True)[_DECISION_OUT_COLS]
+
+
+def data_points_table(
+    datasets_cfg: Mapping[str, Mapping[str, Any]] | None,
+    loader: Callable[[str, Mapping[str, Any]], Any] | None = None,
+) -> pd.DataFrame:
+    """The train/test points of each dataset, regenerated from its config (deterministic).
+
+    ``loader(name, cfg)`` returns x_train, y_train, x_test, y_test (as attributes or keys);
+    it defaults to ``mlpbench.data.load``.
+    """
+    if not datasets_cfg:
+        return pd.DataFrame(columns=_POINT_COLS)
+    if loader is None:
+        from mlpbench.data import load as loader  # late: only this table needs the data
+
+    frames = []
+    for name, cfg in datasets_cfg.items():
+        ds = loader(name, cfg)
+        for split in ("train", "test"):
+            x = np.asarray(_field(ds, f"x_{split}"), dtype=float)
+            y = np.asarray(_field(ds, f"y_{split}"))
+            if y.ndim == 2:  # one-hot labels, as the lesson writes them
+                y = y.argmax(axis=1)
+            frames.append(pd.DataFrame({"dataset": name, "split": split, "x0": x[:, 0],
+                                        "x1": x[:, 1], "label": y.astype("int64")}))
+    return pd.concat(frames, ignore_index=True)[_POINT_COLS]
+
+
+def _field(obj: Any, name: str) -> Any:
+    value = obj[name] if isinstance(obj, Mapping) else getattr(obj, name)
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_table(machine_files: Sequence[PathLike]) -> pd.DataFrame:
+    rows = []
+    for path in machine_files:
+        info = json.loads(Path(path).read_text())
+        config = info.pop("config", None)  # the whole config: one JSON cell, not 100 columns
+        flat = pd.json_normalize(info, sep="_").iloc[0].to_dict()
+        if config is not None:
+            flat["config_json"] = json.dumps(config, sort_keys=True, default=str)
+        flat = {k: (json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
+                for k, v in flat.items()}
+        rows.append({"machine_id": Path(path).stem, **flat})
+    if not rows:
+        return pd.DataFrame(columns=["machine_id"])
+    df = pd.DataFrame(rows)
+    for col in df.columns[df.dtypes == object]:
+        kinds = {type(v) for v in df[col].dropna()}
+        if len(kinds) > 1:  # e.g. a GPU's memory on one machine, "none" on another
+            df[col] = df[col].map(lambda v: None if v is None else str(v))
+    return df
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build_tables(
+    matmul_files: Sequence[PathLike],
+    train_dirs: Sequence[PathLike],
+    machine_files: Sequence[PathLike],
+    *,
+    train_cfg: Mapping[str, Any] | None = None,
+    points_loader: Callable[[str, Mapping[str, Any]], Any] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Read exactly the given files and return every table of the module docstring.
+
+    ``train_cfg`` is the config's ``train`` block (optional): its datasets' ``baseline``
+    names the baseline (otherwise guessed, see ``infer_baselines``) and their data
+    parameters let ``data_points`` regenerate the points for the decision-region figure
+    (with ``points_loader``, default ``mlpbench.data.load``).
+    """
+    metrics = _read_train(train_dirs, "metrics", _METRICS_COLS)
+    datasets_cfg = (train_cfg or {}).get("datasets") or {}
+    baselines = infer_baselines(metrics)
+    baselines.update({name: cfg["baseline"] for name, cfg in datasets_cfg.items()
+                      if "baseline" in cfg})
+    summary = train_summary_table(metrics, baselines)
+    return {
+        "matmul": matmul_table(_read_many(matmul_files, _MATMUL_COLS)),
+        "train_summary": summary,
+        "loss_curves": loss_curves_table(_read_train(train_dirs, "losses", _LOSSES_COLS)),
+        "epoch_time": epoch_time_table(_read_train(train_dirs, "timings", _TIMINGS_COLS)),
+        "grad_norms": grad_norms_table(_read_train(train_dirs, "gradnorms", _GRAD_COLS)),
+        "lesson_reference": lesson_reference_table(),
+        "decision_regions": decision_regions_table(summary, metrics, train_dirs),
+        "data_points": data_points_table(datasets_cfg, points_loader),
+        "machine": machine_table(machine_files),
+    }
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: PathLike) -> list[Path]:
+    """Write each table as ``<name>.parquet`` and ``<name>.csv``; returns the paths written."""
+    out = Path(out_dir)
+    written = []
+    for name, df in tables.items():
+        for suffix, writer in ((".parquet", write_parquet_atomic), (".csv", write_csv_atomic)):
+            path = out / f"{name}{suffix}"
+            writer(df, path)
+            written.append(path)
+    return written
+
+
+def load_tables(tables_dir: PathLike) -> dict[str, pd.DataFrame]:
+    """Read back the parquet tables that exist in ``tables_dir``."""
+    d = Path(tables_dir)
+    return {name: pd.read_parquet(d / f"{name}.parquet")
+            for name in TABLE_NAMES if (d / f"{name}.parquet").exists()}
