@@ -157,7 +157,8 @@ def _loss_curve(seed: int, width: int, depth: int, epochs: int, dataset: str) ->
     return floor + (np.log(DATASETS[dataset]) - floor) * np.exp(-rate * e)
 
 
-def train_frames(dataset: str, device: str, available: bool, diverged: bool) -> dict[str, pd.DataFrame]:
+def train_frames(dataset: str, device: str, available: bool,
+                 diverged: bool) -> dict[str, pd.DataFrame]:
     """The six tables of one training job (``diverged``: seed 2 of width 8 blows up)."""
     n_classes = DATASETS[dataset]
     lr = BASELINE["lr"]
@@ -213,7 +214,8 @@ def train_frames(dataset: str, device: str, available: bool, diverged: bool) -> 
                                                   "pred": int(label if point else 0)})
             for stage in ("init", "final"):
                 for layer in range(depth + 1):
-                    norm = (0.5 if stage == "init" else 0.05) * 0.6 ** (depth - layer) * (1 + 0.1 * seed)
+                    scale = 0.5 if stage == "init" else 0.05
+                    norm = scale * 0.6 ** (depth - layer) * (1 + 0.1 * seed)
                     tables["gradnorms"].append({"dataset": dataset, "device": device,
                                                 "width": width, "depth": depth, "lr": lr,
                                                 "seed": seed, "stage": stage, "layer": layer,
@@ -229,7 +231,8 @@ def train_frames(dataset: str, device: str, available: bool, diverged: bool) -> 
             dec.update({f"logit_{c}": logits[:, c] for c in range(n_classes)})
             tables["decision"].append(dec)
     frames = {k: pd.DataFrame(v) for k, v in tables.items() if k != "decision"}
-    frames["decision"] = (pd.concat([pd.DataFrame(d) for d in tables["decision"]], ignore_index=True)
+    frames["decision"] = (pd.concat([pd.DataFrame(d) for d in tables["decision"]],
+                                    ignore_index=True)
                           if tables["decision"] else
                           pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
                                                 "x0", "x1"]))

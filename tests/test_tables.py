@@ -144,7 +144,8 @@ def test_matmul_speedups_against_numpy(hand_made):
     assert row("numpy", "cpu", "float32")["speedup_vs_numpy_float64"] == pytest.approx(2.0)
     assert row("numpy", "cpu", "float64")["speedup_vs_numpy_float64"] == pytest.approx(1.0)
     # The same shape in another case is compared with that case's NumPy, not the lesson's.
-    assert row("torch", "cpu", "float64", "square")["speedup_vs_numpy_float64"] == pytest.approx(4.0)
+    square = row("torch", "cpu", "float64", "square")
+    assert square["speedup_vs_numpy_float64"] == pytest.approx(4.0)
     cuda = row("torch", "cuda", "float32")
     assert cuda["status"] == "unavailable" and cuda["reason"] == CUDA_REASON
     assert math.isnan(cuda["speedup_vs_numpy_float64"])

@@ -309,9 +309,9 @@ def train_summary_table(
     m = metrics.copy()
     trained = m[m["status"].isin(["ok", "diverged"])]
     ok = trained[trained["status"] == "ok"]
-    counts = trained.groupby(keys, dropna=False).agg(
-        n_seeds=("status", "size"),
-        n_ok=("status", lambda s: int((s == "ok").sum())),
+    counts = trained.assign(_ok=(trained["status"] == "ok").astype("int64"))
+    counts = counts.groupby(keys, dropna=False).agg(
+        n_seeds=("_ok", "size"), n_ok=("_ok", "sum")
     ).reset_index()
     counts["n_diverged"] = counts["n_seeds"] - counts["n_ok"]
     counts["share_diverged"] = counts["n_diverged"] / counts["n_seeds"]
@@ -329,7 +329,7 @@ def train_summary_table(
         un = unavailable.groupby(keys, dropna=False).agg(reason=("reason", "first")).reset_index()
         un = un.assign(status="unavailable", n_seeds=0, n_ok=0, n_diverged=0)
         un["share_diverged"] = np.nan
-        out = pd.concat([out, un], ignore_index=True)
+        out = pd.concat([out, un], ignore_index=True) if len(out) else un
 
     out["variant"] = [_variant(r, baselines.get(r["dataset"])) for _, r in out.iterrows()]
     cols = [*keys, "variant", "status", "reason", "n_seeds", "n_ok", "n_diverged",

@@ -1,0 +1,640 @@
+"""The report's figures, drawn with matplotlib from the tables of ``mlpbench.tables``.
+
+One function per figure takes the tables (name -> DataFrame) and returns a Figure;
+``FIGURES`` maps each figure's name (also its file stem) to its function and
+``make_figure(name, tables_dir, out_path)`` draws one figure to a PNG, atomically.
+A figure whose data are missing or unavailable (e.g. CUDA on a machine without a GPU)
+still renders and says so inside the plot.
+
+Colours follow the Okabe-Ito palette, which stays distinguishable with colour-vision
+deficiencies; dtype is also told apart by line style and marker, not by colour alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import textwrap
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window (this module is not imported by the report)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap, to_rgba  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from mlpbench.io import write_bytes_atomic  # noqa: E402
+from mlpbench.tables import load_tables  # noqa: E402
+
+Tables = Mapping[str, pd.DataFrame]
+
+DPI = 120
+# Okabe-Ito, reordered so the first colours read well as lines on white.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#000000",
+           "#F0E442"]
+SERIES_COLOURS = {("numpy", "cpu"): PALETTE[0], ("torch", "cpu"): PALETTE[1],
+                  ("torch", "cuda"): PALETTE[2]}
+DTYPE_STYLE = {"float32": ("-", "o"), "float64": ("--", "s")}
+LESSON_GREY = "#7F7F7F"
+
+plt.rcParams.update({
+    "font.size": 10.5,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10.5,
+    "legend.fontsize": 9,
+    "figure.titlesize": 12.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
+    """Log-axis labels as plain numbers (0.02, 0.5, 300) in the range people read at a
+    glance, powers of ten (10⁶) outside it; which ticks get a label is matplotlib's choice."""
+
+    def __call__(self, x, pos=None):
+        label = super().__call__(x, pos)
+        if label and 1e-3 <= abs(x) < 1e4:
+            return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+        return label
+
+
+def _log(ax, which: str = "y") -> None:
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_formatter(_PlainLogFormatter())
+    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+
+
+def dataset_order(names) -> list[str]:
+    """The lesson's order: its toy data first, then the homework's datasets by name."""
+    return sorted(set(names), key=lambda n: (n != "toy", n))
+
+
+def _figure(nrows: int, ncols: int, width: float, row_height: float,
+            **kw) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, row_height * nrows + 0.6),
+                             layout="constrained", squeeze=False, **kw)
+    return fig, axes
+
+
+def _note(ax, text: str) -> None:
+    """Say in the panel why it is empty (or what is missing)."""
+    ax.text(0.5, 0.5, textwrap.fill(text, 48), transform=ax.transAxes, ha="center",
+            va="center", fontsize=10, color="#333333",
+            bbox={"boxstyle": "round", "facecolor": "#F2F2F2", "edgecolor": "#BBBBBB"})
+
+
+def _empty(ax, text: str) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    _note(ax, text)
+
+
+def _table(tables: Tables, name: str) -> pd.DataFrame:
+    return tables.get(name, pd.DataFrame())
+
+
+def _unavailable_reasons(df: pd.DataFrame) -> dict[str, str]:
+    """device -> reason, for devices with no ok row at all."""
+    if df.empty or "status" not in df:
+        return {}
+    out = {}
+    for device, g in df.groupby("device"):
+        if not (g["status"] == "ok").any():
+            reasons = g["reason"].dropna().astype(str)
+            out[str(device)] = reasons.iloc[0] if len(reasons) else "no data"
+    return out
+
+
+def _subtitle(reasons: Mapping[str, str]) -> str:
+    if not reasons:
+        return ""
+    parts = []
+    for dev, why in reasons.items():
+        name = "CUDA" if dev == "cuda" else dev
+        # Reasons usually name the device already ("CUDA unavailable: ...").
+        parts.append(why if why.lower().startswith(name.lower()) else f"{name} unavailable: {why}")
+    return "\n" + textwrap.fill("; ".join(parts), 110)
+
+
+def _series_label(backend: str, device: str, dtype: str) -> str:
+    library = "NumPy" if backend == "numpy" else "torch"
+    return f"{library} {'CUDA' if device == 'cuda' else device.upper()} {dtype}"
+
+
+def _style(backend: str, device: str, dtype: str) -> dict:
+    line, marker = DTYPE_STYLE.get(dtype, ("-", "o"))
+    return {"color": SERIES_COLOURS.get((backend, device), PALETTE[5]), "linestyle": line,
+            "marker": marker, "markersize": 5}
+
+
+def _pick_device(df: pd.DataFrame) -> str | None:
+    """CPU if it has ok rows, else any device that has; None if none has."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    devices = set(ok["device"]) if len(ok) else set()
+    if not devices:
+        return None
+    return "cpu" if "cpu" in devices else sorted(devices)[0]
+
+
+def _baselines(summary: pd.DataFrame) -> dict[str, pd.Series]:
+    if summary.empty:
+        return {}
+    base = summary[summary["variant"] == "baseline"].drop_duplicates("dataset")
+    return {row["dataset"]: row for _, row in base.iterrows()}
+
+
+def _datasets(tables: Tables) -> list[str]:
+    summary = _table(tables, "train_summary")
+    return dataset_order(summary["dataset"]) if len(summary) else []
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def _matmul_ok(tables: Tables) -> tuple[pd.DataFrame, pd.DataFrame]:
+    mm = _table(tables, "matmul")
+    if mm.empty:
+        return mm, mm
+    rows = mm[mm["kind"] == "matmul"]
+    return rows, rows[rows["status"] == "ok"]
+
+
+def fig_matmul_time(tables: Tables) -> Figure:
+    """Median time per product vs size, log-log, per backend x device x dtype."""
+    rows, ok = _matmul_ok(tables)
+    fig, axes = _figure(1, 2, 10.5, 4.3)
+    panels = [
+        (axes[0, 0], ok[ok["case"] == "square"] if len(ok) else ok, "n",
+         "matrix size n (m = k = n)", "Square products (m = k = n)"),
+        (axes[0, 1], ok[ok["case"].isin(["gemv", "lesson"])] if len(ok) else ok, "kn",
+         "matrix elements k·n (x is 1 × k)", "Matrix-vector products (m = 1)"),
+    ]
+    handles = {}
+    for ax, df, xcol, xlabel, title in panels:
+        ax.set_title(title)
+        if df.empty:
+            _empty(ax, "No successful timings for this case.")
+            continue
+        df = df.assign(kn=df["k"] * df["n"])
+        for (backend, device, dtype), g in df.groupby(["backend", "device", "dtype"]):
+            g = g.sort_values(xcol)
+            style = _style(backend, device, dtype)
+            line = g[g["case"] != "lesson"]
+            h, = ax.plot(line[xcol], line["time_s_median"] * 1e3, **style)
+            handles[_series_label(backend, device, dtype)] = h
+            lesson = g[g["case"] == "lesson"]
+            if len(lesson):
+                ax.plot(lesson[xcol], lesson["time_s_median"] * 1e3, linestyle="none",
+                        marker="*", markersize=13, color=style["color"],
+                        markeredgecolor="black", markeredgewidth=0.6)
+                handles["lesson case (1 × 6400 @ 6400 × 5000)"] = Line2D(
+                    [], [], linestyle="none", marker="*", markersize=12, color="white",
+                    markeredgecolor="black")
+        _log(ax, "x")
+        _log(ax, "y")
+        if xcol == "n":  # a handful of sizes: label them plainly
+            sizes = sorted(df["n"].unique())
+            ax.set_xticks(sizes, [str(int(v)) for v in sizes])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("median time per product (ms)")
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3,
+                   frameon=False)
+    fig.suptitle("Matrix multiplication: time vs size" + _subtitle(_unavailable_reasons(rows)))
+    return fig
+
+
+def fig_matmul_roofline(tables: Tables) -> Figure:
+    """Achieved GFLOP/s vs arithmetic intensity with the measured bandwidth roof; GB/s share."""
+    rows, ok = _matmul_ok(tables)
+    fig, axes = _figure(1, 2, 10.5, 4.3)
+    ax, ax2 = axes[0]
+    ax.set_title("Roofline view: achieved GFLOP/s")
+    ax2.set_title("Matrix-vector: share of measured bandwidth")
+    handles: dict[str, object] = {}
+    if ok.empty:
+        _empty(ax, "No successful timings.")
+        _empty(ax2, "No successful timings.")
+    else:
+        for (backend, device, dtype), g in ok.groupby(["backend", "device", "dtype"]):
+            style = _style(backend, device, dtype)
+            g = g.sort_values("intensity_flop_per_byte")
+            h = ax.scatter(g["intensity_flop_per_byte"], g["gflop_s"], color=style["color"],
+                           marker=style["marker"], s=30, zorder=3,
+                           facecolors=style["color"] if dtype == "float32" else "none")
+            handles[_series_label(backend, device, dtype)] = h
+            mv = g[g["case"].isin(["gemv", "lesson"])].assign(mib=lambda d: d["bytes"] / 2**20)
+            mv = mv.sort_values("mib")
+            if len(mv):
+                ax2.plot(mv["mib"], mv["bandwidth_share"], **style)
+        imin = ok["intensity_flop_per_byte"].min() / 2
+        imax = ok["intensity_flop_per_byte"].max() * 2
+        grid = np.geomspace(imin, imax, 50)
+        for i, (device, bw) in enumerate(ok.groupby("device")["bandwidth_gb_s"].median().items()):
+            if not np.isfinite(bw):
+                continue
+            h, = ax.plot(grid, bw * grid, color="black", linestyle=[":", "-."][i % 2],
+                         linewidth=1.2)
+            handles[f"{device.upper() if device == 'cuda' else 'CPU'} memory roof: "
+                    f"{bw:.1f} GB/s × intensity"] = h
+        _log(ax, "x")
+        _log(ax, "y")
+        ax.set_xlabel("arithmetic intensity (FLOP / operand byte)")
+        ax.set_ylabel("achieved GFLOP/s")
+        ax2.axhline(1.0, color="black", linewidth=1, linestyle=":")
+        _log(ax2, "x")
+        ax2.set_xlabel("operand bytes (MiB)")
+        ax2.set_ylabel("achieved GB/s ÷ measured copy GB/s")
+        ax2.set_ylim(bottom=0)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3,
+                   frameon=False)
+    fig.suptitle("Compute or memory bound?" + _subtitle(_unavailable_reasons(rows)))
+    return fig
+
+
+def fig_lesson_comparison(tables: Tables) -> Figure:
+    """The lesson's three %timeit numbers, each beside this run's timings of the same product."""
+    ref = _table(tables, "lesson_reference")
+    rows, _ = _matmul_ok(tables)
+    mm = _table(tables, "matmul")
+    lesson = rows[rows["case"] == "lesson"] if len(rows) else rows
+    transfers = (mm[(mm["case"] == "lesson") & (mm["kind"] == "h2d") & (mm["status"] == "ok")]
+                 if len(mm) else mm)
+    bars: list[tuple[str, float, str, bool, str]] = []  # label, time, colour, hatched, note
+    groups = [("numpy", "cpu"), ("torch", "cpu"), ("torch", "cuda")]
+    groups += sorted({(b, d) for b, d in zip(lesson.get("backend", []), lesson.get("device", []))}
+                     - set(groups))
+    for backend, device in groups:
+        colour = SERIES_COLOURS.get((backend, device), PALETTE[5])
+        for _, r in ref[(ref["backend"] == backend) & (ref["device"] == device)].iterrows():
+            bars.append((f"lesson: {_series_label(backend, device, r['dtype'])}"
+                         + (" (not synced)" if device == "cuda" else ""), r["time_s"], colour,
+                         True, ""))
+        ours = lesson[(lesson["backend"] == backend) & (lesson["device"] == device)]
+        for _, r in ours.sort_values("dtype").iterrows():
+            ok = r["status"] == "ok"
+            bars.append((f"this run: {_series_label(backend, device, r['dtype'])}",
+                         r["time_s_median"] if ok else np.nan, colour, False,
+                         "" if ok else str(r["status"])))
+        if device == "cuda":
+            for _, r in transfers.sort_values("dtype").iterrows():
+                bars.append((f"this run: copy y to the GPU, {r['dtype']}", r["time_s_median"],
+                             PALETTE[4], False, ""))
+    fig, axes = _figure(1, 1, 9.0, 0.4 * max(len(bars), 4) + 1.0)
+    ax = axes[0, 0]
+    if not bars:
+        _empty(ax, "No timings of the lesson case.")
+        return fig
+    y = np.arange(len(bars))[::-1]
+    times = np.array([b[1] for b in bars], dtype=float) * 1e3
+    finite = times[np.isfinite(times)]
+    for yi, (label, t, colour, hatched, note), tm in zip(y, bars, times):
+        if np.isfinite(tm):
+            ax.barh(yi, tm, color=to_rgba(colour, 0.35 if hatched else 0.85),
+                    edgecolor=colour, hatch="//" if hatched else None, linewidth=1.2)
+            ax.text(tm * 1.08, yi, _fmt_time(t), va="center", fontsize=9)
+        else:
+            ax.text(finite.min() / 2.5 if len(finite) else 1, yi, note, va="center",
+                    fontsize=9, style="italic", color="#555555")
+    ax.set_yticks(y, [b[0] for b in bars])
+    ax.set_ylim(-0.6, len(bars) - 0.4)
+    _log(ax, "x")
+    if len(finite):
+        ax.set_xlim(finite.min() / 3, finite.max() * 4)
+    ax.set_xlabel("time per product (ms, log scale)")
+    ax.grid(axis="y", visible=False)
+    fig.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch="//",
+                              label="lesson (%timeit, 100 loops)"),
+                        Patch(facecolor="#999999", edgecolor="black",
+                              label="this run (median of the timer's runs)")],
+               loc="outside lower center", ncol=2, frameon=False)
+    fig.suptitle("The lesson case x(1 × 6400) @ y(6400 × 5000): lesson vs this run"
+                 + _subtitle(_unavailable_reasons(rows)))
+    return fig
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _shape_match(df: pd.DataFrame, **values) -> pd.Series:
+    mask = pd.Series(True, index=df.index)
+    for key, value in values.items():
+        mask &= np.isclose(df[key].astype(float), float(value))
+    return mask
+
+
+def _band_plot(ax, curve: pd.DataFrame, colour: str, label: str) -> None:
+    ax.fill_between(curve["epoch"], curve["loss_min"], curve["loss_max"], color=colour,
+                    alpha=0.18, linewidth=0)
+    ax.plot(curve["epoch"], curve["loss_mean"], color=colour, linewidth=1.6, label=label)
+
+
+def fig_loss_curves(tables: Tables) -> Figure:
+    """Training loss, mean over seeds with the min-max band, per homework axis and dataset."""
+    curves = _table(tables, "loss_curves")
+    summary = _table(tables, "train_summary")
+    datasets = _datasets(tables)
+    fig, axes = _figure(max(len(datasets), 1), 3, 11.0, 3.4, sharey="row")
+    if not datasets:
+        for ax in axes[0]:
+            _empty(ax, "No training results.")
+        return fig
+    bases = _baselines(summary)
+    for row, dataset in enumerate(datasets):
+        c = curves[curves["dataset"] == dataset] if len(curves) else curves
+        device = _pick_device(summary[summary["dataset"] == dataset])
+        base = bases.get(dataset)
+        titles = ("more epochs", "more units (width)", "more layers (depth)")
+        for col, title in enumerate(titles):
+            ax = axes[row, col]
+            ax.set_title(f"{dataset}: {title}" + (f" [{device}]" if device else ""))
+            if device is None or base is None or c.empty:
+                _empty(ax, f"No training curves for {dataset}"
+                       + (" (every device unavailable)." if device is None else "."))
+                continue
+            cd = c[c["device"] == device]
+            s = summary[(summary["dataset"] == dataset) & (summary["device"] == device)]
+            if col == 0:
+                curve = cd[_shape_match(cd, width=base["width"], depth=base["depth"],
+                                        lr=base["lr"])]
+                checks = sorted(s[s["variant"].isin(["baseline", "epochs"])]["epochs"].unique())
+                _band_plot(ax, curve, PALETTE[0], f"width {base['width']}, depth {base['depth']}")
+                for e in checks:
+                    ax.axvline(e, color="#555555", linestyle=":", linewidth=1)
+                ax.plot([], [], color="#555555", linestyle=":",
+                        label="checkpoints: " + ", ".join(f"{int(e)}" for e in checks))
+            else:
+                axis, fixed = ("width", "depth") if col == 1 else ("depth", "width")
+                sel = s[s["variant"].isin(["baseline", axis])
+                        & np.isclose(s["epochs"], base["epochs"])]
+                values = sorted(sel[axis].unique())
+                for i, v in enumerate(values):
+                    curve = cd[_shape_match(cd, **{axis: v, fixed: base[fixed], "lr": base["lr"]})]
+                    curve = curve[curve["epoch"] <= base["epochs"]]
+                    _band_plot(ax, curve, PALETTE[i % len(PALETTE)], f"{axis} {int(v)}")
+                if len(values) < 2:
+                    _note(ax, f"Only one {axis} in this run.")
+            ax.set_xlabel("epoch")
+            if col == 0:
+                ax.set_ylabel("training loss (cross-entropy)")
+            ax.legend(loc="upper right", fontsize=8.5)
+    fig.suptitle("Training loss: mean over seeds, band = min-max over seeds "
+                 "(diverged seeds left out)")
+    return fig
+
+
+def fig_test_accuracy(tables: Tables) -> Figure:
+    """Mean test accuracy over seeds on a width x depth grid, at the baseline epochs and lr."""
+    summary = _table(tables, "train_summary")
+    datasets = _datasets(tables)
+    fig, axes = _figure(1, max(len(datasets), 1), 5.2 * max(len(datasets), 1), 4.4)
+    if not datasets:
+        _empty(axes[0, 0], "No training results.")
+        return fig
+    bases = _baselines(summary)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#E6E6E6")
+    image = None
+    for ax, dataset in zip(axes[0], datasets):
+        s = summary[summary["dataset"] == dataset]
+        device, base = _pick_device(s), bases.get(dataset)
+        if device is None or base is None:
+            ax.set_title(dataset)
+            _empty(ax, f"No accuracy for {dataset}: every device unavailable.")
+            continue
+        s = s[(s["device"] == device) & np.isclose(s["epochs"], base["epochs"])
+              & np.isclose(s["lr"], base["lr"])]
+        widths, depths = sorted(s["width"].unique()), sorted(s["depth"].unique())
+        grid = s.pivot_table(index="depth", columns="width", values="test_acc_mean",
+                             aggfunc="first").reindex(index=depths, columns=widths)
+        std = s.pivot_table(index="depth", columns="width", values="test_acc_std",
+                            aggfunc="first").reindex(index=depths, columns=widths)
+        image = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap=cmap,
+                          vmin=0, vmax=1, origin="lower", aspect="auto")
+        for i in range(len(depths)):
+            for j in range(len(widths)):
+                v, sd = grid.iat[i, j], std.iat[i, j]
+                if np.isfinite(v):
+                    text = f"{v:.0%}" + (f"\n±{sd:.0%}" if np.isfinite(sd) else "")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8.5,
+                            color="black" if v > 0.6 else "white")
+                else:
+                    ax.text(j, i, "not run", ha="center", va="center", fontsize=7.5,
+                            color="#666666")
+        ax.set_xticks(range(len(widths)), [str(int(w)) for w in widths])
+        ax.set_yticks(range(len(depths)), [str(int(d)) for d in depths])
+        ax.grid(False)
+        ax.set_xlabel("width (units per hidden layer)")
+        ax.set_ylabel("depth (hidden layers)")
+        ax.set_title(f"{dataset} [{device}], {int(base['epochs'])} epochs, lr {base['lr']:g}")
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), label="mean test accuracy over seeds",
+                     shrink=0.9, format=lambda x, _: f"{x:.0%}")
+    fig.suptitle("Test accuracy vs width × depth (cell: mean ± std over seeds)")
+    return fig
+
+
+def fig_decision_regions(tables: Tables) -> Figure:
+    """Arg-max class over the input plane for the baseline and the best shape, with the data."""
+    regions = _table(tables, "decision_regions")
+    points = _table(tables, "data_points")
+    datasets = _datasets(tables)
+    fig, axes = _figure(max(len(datasets), 1), 2, 9.6, 4.1)
+    if not datasets:
+        for ax in axes[0]:
+            _empty(ax, "No training results.")
+        return fig
+    for row, dataset in enumerate(datasets):
+        r = regions[regions["dataset"] == dataset] if len(regions) else regions
+        p = points[points["dataset"] == dataset] if len(points) else points
+        n_classes = int(max([r["pred"].max() if len(r) else -1,
+                             p["label"].max() if len(p) else -1]) + 1)
+        colours = [PALETTE[i % len(PALETTE)] for i in range(max(n_classes, 1))]
+        for col, role in enumerate(("baseline", "best")):
+            ax = axes[row, col]
+            g = r[r["role"] == role] if len(r) else r
+            if g.empty:
+                ax.set_title(f"{dataset}: {role}")
+                _empty(ax, f"No decision grid for the {role} network of {dataset}.")
+                continue
+            first = g.iloc[0]
+            xs, ys = np.sort(g["x0"].unique()), np.sort(g["x1"].unique())
+            z = g.pivot_table(index="x1", columns="x0", values="pred", aggfunc="first")
+            z = z.reindex(index=ys, columns=xs).to_numpy(dtype=float)
+            tint = ListedColormap([to_rgba(c, 0.28) for c in colours])
+            ax.pcolormesh(xs, ys, np.ma.masked_invalid(z), cmap=tint, vmin=-0.5,
+                          vmax=len(colours) - 0.5, shading="nearest")
+            if len(p):
+                for split, marker in (("train", "o"), ("test", "^")):
+                    q = p[p["split"] == split]
+                    ax.scatter(q["x0"], q["x1"], c=[colours[int(c)] for c in q["label"]],
+                               marker=marker, s=30, edgecolors="black", linewidths=0.6,
+                               zorder=3)
+            else:
+                ax.text(0.02, 0.02, "data points not available", transform=ax.transAxes,
+                        fontsize=8, style="italic")
+            ax.set_xlim(xs.min(), xs.max())
+            ax.set_ylim(ys.min(), ys.max())
+            ax.grid(False)
+            ax.set_xlabel("x₀")
+            ax.set_ylabel("x₁")
+            ax.set_title(f"{dataset}, {role}: width {first['width']}, depth {first['depth']}, "
+                         f"{first['epochs']} epochs\nseed {first['seed']}: test acc "
+                         f"{first['test_acc']:.0%} (mean over seeds {first['test_acc_mean']:.0%})",
+                         fontsize=10)
+    handles = [Patch(facecolor=to_rgba(PALETTE[i], 0.6), edgecolor="black", label=f"class {i}")
+               for i in range(int(max(regions["pred"].max() if len(regions) else 0,
+                                      points["label"].max() if len(points) else 0)) + 1)]
+    handles += [Line2D([], [], marker="o", linestyle="none", color="grey", label="train point"),
+                Line2D([], [], marker="^", linestyle="none", color="grey", label="test point")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    fig.suptitle("Decision regions (shaded: predicted class) with the data points")
+    return fig
+
+
+def fig_grad_norms(tables: Tables) -> Figure:
+    """Mean gradient norm of each layer's weights, per depth, at init and after training."""
+    gn = _table(tables, "grad_norms")
+    summary = _table(tables, "train_summary")
+    datasets = _datasets(tables)
+    fig, axes = _figure(2, max(len(datasets), 1), 5.2 * max(len(datasets), 1), 3.5)
+    if not datasets or gn.empty:
+        for ax in axes.ravel():
+            _empty(ax, "No gradient norms (training unavailable).")
+        return fig
+    bases = _baselines(summary)
+    for col, dataset in enumerate(datasets):
+        g = gn[gn["dataset"] == dataset]
+        device, base = (_pick_device(g.assign(status="ok")) if len(g) else None), bases.get(dataset)
+        for row, stage in enumerate(("init", "final")):
+            ax = axes[row, col]
+            when = "at initialisation" if stage == "init" else "after training"
+            ax.set_title(f"{dataset} [{device}]: {when}")
+            if device is None or base is None:
+                _empty(ax, f"No gradient norms for {dataset}.")
+                continue
+            s = g[(g["device"] == device) & (g["stage"] == stage)
+                  & _shape_match(g, width=base["width"], lr=base["lr"])]
+            for i, (depth, d) in enumerate(s.groupby("depth")):
+                d = d.sort_values("layer")
+                colour = PALETTE[i % len(PALETTE)]
+                ax.fill_between(d["layer"], d["grad_norm_min"], d["grad_norm_max"],
+                                color=colour, alpha=0.15, linewidth=0)
+                ax.plot(d["layer"], d["grad_norm_mean"], marker="o", color=colour,
+                        label=f"depth {int(depth)}")
+            _log(ax, "y")
+            ax.set_xlabel("layer (0 = first Linear, depth = output Linear)")
+            ax.set_ylabel("‖∂loss/∂W‖ (Frobenius)")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            if len(s):
+                ax.legend(fontsize=8.5, title=f"width {int(base['width'])}", title_fontsize=8.5,
+                          loc="best")
+    fig.suptitle("Gradient norm per layer vs depth: mean over seeds, band = min-max")
+    return fig
+
+
+def fig_epoch_time(tables: Tables) -> Figure:
+    """Time per training epoch of one ensemble, CPU vs CUDA, per shape and dataset."""
+    et = _table(tables, "epoch_time")
+    datasets = dataset_order(et["dataset"]) if len(et) else []
+    fig, axes = _figure(1, max(len(datasets), 1), 5.4 * max(len(datasets), 1), 4.2)
+    if not datasets:
+        _empty(axes[0, 0], "No training timings.")
+        return fig
+    if "ensemble" in set(et["method"]):
+        et = et[et["method"] == "ensemble"]
+    devices = ["cpu", "cuda"] + sorted(set(et["device"]) - {"cpu", "cuda"})
+    colours = {"cpu": SERIES_COLOURS[("torch", "cpu")], "cuda": SERIES_COLOURS[("torch", "cuda")]}
+    reasons = _unavailable_reasons(et)
+    for ax, dataset in zip(axes[0], datasets):
+        d = et[et["dataset"] == dataset]
+        shapes = d[["width", "depth"]].drop_duplicates().sort_values(["depth", "width"])
+        x = np.arange(len(shapes))
+        series = {}
+        for device in devices:
+            dd = d[(d["device"] == device) & (d["status"] == "ok")]
+            t = [dd[(dd["width"] == w) & (dd["depth"] == dp)]["time_per_epoch_s"].median()
+                 for w, dp in shapes.itertuples(index=False)]
+            t = np.array(t, dtype=float) * 1e3
+            if np.isfinite(t).any():
+                series[device] = t
+        step = 0.8 / max(len(series), 1)
+        for i, (device, t) in enumerate(series.items()):
+            ax.bar(x + (i - (len(series) - 1) / 2) * step, t, width=step,
+                   color=colours.get(device, PALETTE[5]),
+                   label="CUDA" if device == "cuda" else device.upper())
+        ax.set_xticks(x, [f"w{int(w)}\nd{int(dp)}" for w, dp in shapes.itertuples(index=False)],
+                      fontsize=8.5)
+        ax.set_xlabel("shape (w = width, d = depth)")
+        ax.set_ylabel("time per epoch, whole ensemble (ms)")
+        members = d["n_members"].dropna()
+        missing = [dev for dev in devices if dev in reasons]
+        note = "; ".join(f"{'CUDA' if dev == 'cuda' else dev} unavailable" for dev in missing)
+        ax.set_title(f"{dataset}" + (f": {int(members.max())} members per ensemble"
+                                     if len(members) else "")
+                     + (f"\n({note})" if note and series else ""))
+        if series:
+            values = np.concatenate(list(series.values()))
+            values = values[np.isfinite(values)]
+            if values.max() / values.min() > 30:  # wide range: log, else bars from zero
+                _log(ax, "y")
+            ax.legend(fontsize=8.5, loc="lower right", framealpha=0.9)
+        elif note:
+            _empty(ax, note + ".")
+    fig.suptitle("Training time per epoch: CPU vs CUDA" + _subtitle(reasons))
+    return fig
+
+
+# --------------------------------------------------------------------------- entry points
+
+FIGURES: dict[str, Callable[[Tables], Figure]] = {
+    "matmul_time": fig_matmul_time,
+    "matmul_roofline": fig_matmul_roofline,
+    "lesson_comparison": fig_lesson_comparison,
+    "loss_curves": fig_loss_curves,
+    "test_accuracy": fig_test_accuracy,
+    "decision_regions": fig_decision_regions,
+    "grad_norms": fig_grad_norms,
+    "epoch_time": fig_epoch_time,
+}
+
+
+def save_png(fig: Figure, out_path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    write_bytes_atomic(buf.getvalue(), out_path)
+
+
+def make_figure(name: str, tables_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Draw figure ``name`` from the tables in ``tables_dir`` to the PNG ``out_path``."""
+    if name not in FIGURES:
+        raise KeyError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    fig = FIGURES[name](load_tables(tables_dir))
+    try:
+        save_png(fig, out_path)
+    finally:
+        plt.close(fig)
+    return Path(out_path)

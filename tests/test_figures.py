@@ -1,0 +1,107 @@
+"""Every figure renders from small synthetic tables, with and without CUDA, and reads cleanly."""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.text import Text
+
+from mlpbench.figures import FIGURES, make_figure
+from mlpbench.tables import build_tables, load_tables, write_tables
+from synthetic_results import load_points, write_inputs
+
+SCENARIOS = ("cpu_only", "with_cuda", "nothing_available")
+
+
+@pytest.fixture(scope="module")
+def tables_dirs(tmp_path_factory):
+    """tables/ for: CUDA unavailable; CUDA available; only unavailable CUDA inputs at all."""
+    out = {}
+    for scenario in SCENARIOS:
+        root = tmp_path_factory.mktemp(scenario)
+        inputs = write_inputs(root, cuda=scenario == "with_cuda")
+        mm, train = inputs.matmul_files, inputs.train_dirs
+        if scenario == "nothing_available":
+            mm = [p for p in mm if p.stem == "cuda"]
+            train = [d for d in train if d.name == "cuda"]
+        tables = build_tables(mm, train, inputs.machine_files, train_cfg=inputs.train_cfg,
+                              points_loader=load_points)
+        write_tables(tables, root / "tables")
+        out[scenario] = root / "tables"
+    return out
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.findobj(match=lambda a: hasattr(a, "get_text"))
+            if t.get_visible() and t.get_text()]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_figure_renders_a_png(tables_dirs, tmp_path, name, scenario):
+    out = make_figure(name, tables_dirs[scenario], tmp_path / f"{name}.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = mpimg.imread(out).shape[:2]
+    # Sized for an HTML page: wide enough to read, not a poster.
+    assert 700 <= width <= 1500, width
+    assert 300 <= height <= 1400, height
+
+
+@pytest.mark.parametrize("name", ["matmul_time", "matmul_roofline", "lesson_comparison",
+                                  "epoch_time"])
+def test_cuda_unavailable_is_stated_on_the_figure(tables_dirs, name):
+    fig = FIGURES[name](load_tables(tables_dirs["cpu_only"]))
+    try:
+        assert any("CUDA unavailable" in t for t in _texts(fig))
+    finally:
+        plt.close(fig)
+
+
+def test_cuda_figures_show_both_devices_when_available(tables_dirs):
+    fig = FIGURES["epoch_time"](load_tables(tables_dirs["with_cuda"]))
+    try:
+        texts = _texts(fig)
+        assert "CPU" in texts and "CUDA" in texts  # legend entries
+        assert not any("unavailable" in t for t in texts)
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("name", ["loss_curves", "test_accuracy", "decision_regions",
+                                  "grad_norms"])
+def test_figures_without_data_say_so(tables_dirs, name):
+    fig = FIGURES[name](load_tables(tables_dirs["nothing_available"]))
+    try:
+        assert any(t.startswith("No ") for t in _texts(fig))
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("scenario", ["with_cuda", "cpu_only"])
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_no_text_overlaps_other_text(tables_dirs, monkeypatch, name, scenario):
+    fig = FIGURES[name](load_tables(tables_dirs[scenario]))
+    drawn = []
+    original = Text.draw
+
+    def record(self, renderer):  # only texts that are really drawn (not off-view tick labels)
+        original(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self.get_text(), self.get_window_extent(renderer)))
+
+    monkeypatch.setattr(Text, "draw", record)
+    try:
+        fig.canvas.draw()
+    finally:
+        plt.close(fig)
+    boxes = [(text, box.shrunk(0.9, 0.8)) for text, box in drawn]
+    clashes = [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2) if ba.overlaps(bb)]
+    assert not clashes, clashes[:5]
+
+
+def test_unknown_figure_name_is_refused(tables_dirs, tmp_path):
+    with pytest.raises(KeyError, match="unknown figure"):
+        make_figure("pie_chart", tables_dirs["cpu_only"], tmp_path / "x.png")
