@@ -62,7 +62,13 @@ def collect(
     threads: int, config_hash: str, config: dict | None = None, *,
     explicit_id: str | None = None, repo_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """The machine record (JSON-serialisable). ``repo_dir`` (default: cwd) is asked for git."""
+    """The machine record, JSON-serialisable, with the keys in ``KEYS``.
+
+    ``threads`` is the thread count the benchmarks used (torch and NumPy's BLAS alike);
+    ``config``, when given, is stored and must hash to ``config_hash``; ``explicit_id`` is the
+    config's ``machine_id`` (None: the sanitised hostname); ``repo_dir`` (default: the working
+    directory) is where git is asked for the commit, None outside a repository.
+    """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: got {threads!r}; allowed: an integer >= 1")
     if config is not None and config_hash != _hash_of(config):
@@ -79,7 +85,7 @@ def collect(
         "cpu_model": _cpu_model(),
         "physical_cores": physical,
         "logical_cores": logical,
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical,
+        "usable_cores": _usable_cores(logical),
         "threads": threads,
         "blas": {"numpy": _numpy_blas(pools), "torch": _torch_blas(), "threadpools": pools},
         "blas_env": {var: os.environ.get(var) for var in BLAS_ENV_VARS},
@@ -110,6 +116,11 @@ def _cpuinfo() -> str:
 def _cpu_model() -> str:
     match = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
     return match.group(1).strip() if match else (platform.processor() or platform.machine())
+
+
+def _usable_cores(logical: int | None) -> int | None:
+    """Cores this process may run on (a job scheduler's affinity mask may allow fewer)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
 
 
 def _core_counts() -> tuple[int | None, int | None]:
