@@ -195,10 +195,10 @@ def _operands(job: _Job, bandwidth_mib: int) -> dict[str, Any]:
         dt = np.dtype(job.dtype)
         if job.kind == "copy":
             count = bandwidth_mib * 2**20 // dt.itemsize
-            return {"np": np, "src": np.full(count, 1.0, dt), "dst": np.zeros(count, dt)}
+            return {"np": np, "src": np.full(count, 1.0, dt), "dst": np.full(count, 0.0, dt)}
         rng = np.random.default_rng(_SEED)
         return {"np": np, "x": rng.random((m, k), dtype=dt), "y": rng.random((k, n), dtype=dt),
-                "z": np.zeros((m, n), dt)}
+                "z": np.full((m, n), 0.0, dt)}  # np.zeros would leave pages untouched
 
     dt = getattr(torch, job.dtype)
     dev = torch.device(job.device)
