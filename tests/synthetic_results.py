@@ -76,6 +76,12 @@ def matmul_shapes() -> list[tuple[str, int, int, int]]:
     return shapes
 
 
+STMT = {("numpy", "matmul"): "stmt `np.matmul(x, y, out=z)`",
+        ("torch", "matmul"): "stmt `torch.matmul(x, y, out=z)`",
+        ("torch", "copy"): "stmt `dst.copy_(src)`", ("torch", "h2d"): "stmt `y_dev.copy_(y_host)`",
+        ("torch", "d2h"): "stmt `z_host.copy_(z_dev)`"}
+
+
 def _row(backend, device, dtype, case, kind, m, k, n, time_s, bandwidth_gb_s,
          status="ok", reason="", threads=2) -> dict[str, Any]:
     size = np.dtype(dtype).itemsize
@@ -93,8 +99,9 @@ def _row(backend, device, dtype, case, kind, m, k, n, time_s, bandwidth_gb_s,
     return {
         "host": HOST, "backend": backend, "device": device, "dtype": dtype, "case": case,
         "kind": kind, "m": m, "k": k, "n": n, "threads": threads,
-        "method": "torch.utils.benchmark.Timer.blocked_autorange"
-        + (", cuda synchronised" if device == "cuda" else ""),
+        "method": "torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0.2); "
+        + STMT.get((backend, kind), "stmt `x`") + "; 1 warm-up call before timing; "
+        f"{threads} threads" + ("; cuda synchronised" if device == "cuda" else ""),
         "time_s_median": time_s if ok else nan,
         "time_s_iqr": time_s * 0.02 if ok else nan,
         "n_runs": 10 if ok else 0, "number_per_run": 5 if ok else 0,
@@ -187,6 +194,11 @@ def train_frames(dataset: str, device: str, available: bool,
                                   "time_per_epoch_s": per_epoch,
                                   "time_per_member_epoch_s": per_epoch / n_members,
                                   "status": "ok", "reason": ""})
+        # The lesson's one-network loop, timed beside the ensemble.
+        loop = per_epoch * 0.8
+        tables["timings"].append({**timing, "n_members": 1, "method": "loop",
+                                  "time_s": loop * trained, "time_per_epoch_s": loop,
+                                  "time_per_member_epoch_s": loop, "status": "ok", "reason": ""})
         for seed in SEEDS:
             blows_up = diverged and width == 8 and seed == 2
             curve = _loss_curve(seed, width, depth, trained, dataset)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -251,6 +252,7 @@ def test_machine_table_flattens_the_record(hand_made):
     assert row["gpu_available"] == False  # noqa: E712 (numpy bool)
     assert row["gpu_reason"] == CUDA_REASON
     assert "config_json" in m.columns
+    assert json.loads(row["record_json"])["gpu"]["reason"] == CUDA_REASON
 
 
 def test_decision_regions_and_points_from_the_synthetic_run(tmp_path):

@@ -75,7 +75,8 @@ Tables and their columns
 ``machine``
     One row per machine file: machine_id (the record's, else the file stem) and its keys
     flattened with ``_`` (e.g. ``gpu_available``, ``versions_torch``); nested lists are JSON
-    strings and the recorded config is one JSON string, ``config_json``.
+    strings, the recorded config is one JSON string, ``config_json``, and the whole record
+    (without the config) is ``record_json``.
 """
 
 from __future__ import annotations
@@ -492,10 +493,12 @@ def machine_table(machine_files: Sequence[PathLike]) -> pd.DataFrame:
         info = json.loads(Path(path).read_text())
         config = info.pop("config", None)  # the whole config: one JSON cell, not 100 columns
         flat = pd.json_normalize(info, sep="_").iloc[0].to_dict()
-        if config is not None:
-            flat["config_json"] = json.dumps(config, sort_keys=True, default=str)
         flat = {k: (json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
                 for k, v in flat.items()}
+        if config is not None:
+            flat["config_json"] = json.dumps(config, sort_keys=True, default=str)
+        # The nested record as well, for readers that want its structure (the report).
+        flat["record_json"] = json.dumps(info, sort_keys=True, default=str)
         rows.append({"machine_id": Path(path).stem, **flat})
     if not rows:
         return pd.DataFrame(columns=["machine_id"])
