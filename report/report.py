@@ -1,0 +1,702 @@
+# %% [markdown]
+# ---
+# title: "PyTorch I (MLPs), measured: timings and homework results"
+# format:
+#   html:
+#     embed-resources: true
+#     toc: true
+#     toc-depth: 2
+#     html-math-method: plain
+#     code-fold: false
+# execute:
+#   echo: false
+#   warning: false
+# jupyter: python3
+# ---
+
+# %% [markdown]
+# This report repeats the experiments of the lesson "PyTorch I: MLPs" on one machine and
+# answers the lesson's questions with what this run measured. Every number in the text is
+# read from the run's result tables while the report is rendered; nothing is typed in by hand.
+
+# %%
+#| echo: false
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from IPython.display import Image, Markdown, display
+
+from mlpbench.tables import load_tables
+
+if "MLPBENCH_RESULTS" not in os.environ:
+    raise RuntimeError("set MLPBENCH_RESULTS to the results folder (the one holding tables/)")
+RESULTS = Path(os.environ["MLPBENCH_RESULTS"])
+RENDERER = os.environ.get("MLPBENCH_RENDERER", "not stated")
+RENDERER_DETAIL = os.environ.get("MLPBENCH_RENDERER_DETAIL", RENDERER)
+T = load_tables(RESULTS / "tables")
+MM, LESSON = T["matmul"], T["lesson_reference"]
+SUMMARY, TIMES, GRADS = T["train_summary"], T["epoch_time"], T["grad_norms"]
+MACHINES = [json.loads(record) for record in T["machine"]["record_json"]]
+
+
+def md(text: str) -> None:
+    display(Markdown(text))
+
+
+def figure(name: str) -> None:
+    display(Image(filename=str(RESULTS / "figures" / f"{name}.png")))
+
+
+def show_table(df: pd.DataFrame) -> None:
+    if df.empty:
+        md("*(no rows)*")
+    else:
+        md(df.to_markdown(index=False))
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds is None or not np.isfinite(seconds):
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def pct(x: float, digits: int = 1) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x * 100:.{digits}f}%"
+
+
+def num(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def times(x: float) -> str:
+    """A ratio as 'N×'."""
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+
+def device_name(device: str) -> str:
+    return "CUDA" if device == "cuda" else device.upper()
+
+
+def series(backend: str, device: str, dtype: str) -> str:
+    return f"{'NumPy' if backend == 'numpy' else 'torch'} {device_name(device)} {dtype}"
+
+
+def first(df: pd.DataFrame):
+    return df.iloc[0] if len(df) else None
+
+
+def why(reason: str) -> str:
+    """A stage's reason without its leading 'CUDA unavailable: ' (the sentence says that)."""
+    prefix = "cuda unavailable:"
+    return reason[len(prefix):].strip() if reason.lower().startswith(prefix) else reason
+
+
+def cuda_reason(df: pd.DataFrame) -> str | None:
+    """The reason CUDA gave nothing, or None if CUDA produced results."""
+    rows = df[df["device"] == "cuda"]
+    if rows.empty:
+        return "CUDA was not part of this run's configuration"
+    if (rows["status"] == "ok").any():
+        return None
+    reasons = rows["reason"].dropna().astype(str)
+    return reasons.iloc[0] if len(reasons) else "no CUDA results"
+
+
+def train_device(dataset: str) -> str | None:
+    ok = SUMMARY[(SUMMARY["dataset"] == dataset) & (SUMMARY["status"] == "ok")]
+    devices = set(ok["device"])
+    return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
+
+
+def rows_of(dataset: str) -> pd.DataFrame:
+    device = train_device(dataset)
+    return SUMMARY[(SUMMARY["dataset"] == dataset) & (SUMMARY["device"] == device)]
+
+
+def baseline_of(dataset: str):
+    return first(rows_of(dataset).query("variant == 'baseline'"))
+
+
+def ci_text(row, metric: str, as_pct: bool) -> str:
+    """Mean with its 95% interval; accuracy intervals are shown clipped to 0-100%."""
+    f = pct if as_pct else num
+    mean, lo, hi = row[f"{metric}_mean"], row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]
+    if not np.isfinite(lo):
+        return f"{f(mean)}"
+    if as_pct:
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return f"{f(mean)} (95% CI {f(lo)} to {f(hi)})"
+
+
+def seed_range(row) -> str:
+    lo, hi = row["test_acc_min"], row["test_acc_max"]
+    if np.isclose(lo, hi):
+        return f"every seed scored {pct(lo, 0)} on the test points"
+    return (f"single seeds ranged from {pct(lo, 0)} to {pct(hi, 0)} on the test points "
+            f"(a spread of {(hi - lo) * 100:.0f} percentage points)")
+
+
+def verdict(base, row, metric: str, higher_is_better: bool) -> str:
+    """Is the change from ``base`` to ``row`` bigger than seed luck? (95% CIs overlap or not)."""
+    b_lo, b_hi = base[f"{metric}_ci95_low"], base[f"{metric}_ci95_high"]
+    r_lo, r_hi = row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]
+    if not all(np.isfinite([b_lo, b_hi, r_lo, r_hi])):
+        return "too few seeds to separate it from seed luck"
+    if r_lo > b_hi or r_hi < b_lo:
+        better = (row[f"{metric}_mean"] > base[f"{metric}_mean"]) == higher_is_better
+        return ("a real improvement: the 95% intervals do not overlap" if better
+                else "a real change for the worse: the 95% intervals do not overlap")
+    return "within seed luck: the 95% intervals overlap"
+
+
+def summary_table(rows: pd.DataFrame, label: str) -> pd.DataFrame:
+    out = pd.DataFrame({
+        label: rows[label].map(lambda v: v if isinstance(v, str) else f"{v:g}"),
+        "seeds": rows["n_seeds"],
+        "diverged": rows["share_diverged"].map(lambda v: pct(v, 0)),
+        "final loss, mean ± std": [f"{num(m)} ± {num(s, 2)}"
+                                   for m, s in zip(rows["loss_mean"], rows["loss_std"])],
+        "train acc, mean": rows["train_acc_mean"].map(pct),
+        "test acc, mean (95% CI)": [ci_text(r, "test_acc", True) for _, r in rows.iterrows()],
+        "test acc, worst–best seed": [f"{pct(lo, 0)}–{pct(hi, 0)}" for lo, hi in
+                                      zip(rows["test_acc_min"], rows["test_acc_max"])],
+    })
+    return out
+
+
+def axis_rows(dataset: str, axis: str) -> pd.DataFrame:
+    """The baseline plus the variants along one homework axis, sorted along it."""
+    rows = rows_of(dataset)
+    base = baseline_of(dataset)
+    if base is None:
+        return rows.iloc[0:0]
+    sel = rows[rows["variant"].isin(["baseline", axis])]
+    if axis != "epochs":
+        sel = sel[np.isclose(sel["epochs"], base["epochs"])]
+    return sel.sort_values(axis)
+
+
+def best_along(rows: pd.DataFrame):
+    ok = rows[rows["status"] == "ok"]
+    return first(ok.sort_values(["test_acc_mean", "loss_mean"], ascending=[False, True]))
+
+
+def axis_answer(dataset: str, axis: str, unit: str) -> str:
+    rows = axis_rows(dataset, axis)
+    base = baseline_of(dataset)
+    if base is None or len(rows) < 2:
+        return f"This run did not vary the {axis} of the {dataset} network."
+    top = rows[rows["status"] == "ok"].iloc[-1]
+    best = best_along(rows)
+    words = [
+        f"From {base[axis]:g} to {top[axis]:g} {unit}, the final training loss went from "
+        f"{num(base['loss_mean'])} to {num(top['loss_mean'])} "
+        f"({verdict(base, top, 'loss', False)}), "
+        f"and the test accuracy from {pct(base['test_acc_mean'])} to {pct(top['test_acc_mean'])} "
+        f"({verdict(base, top, 'test_acc', True)})."
+    ]
+    if best is not None and not np.isclose(best[axis], top[axis]):
+        where = ("the lesson's own setting" if best["variant"] == "baseline"
+                 else f"{axis} {best[axis]:g}")
+        words.append(f"The best mean test accuracy along this axis was at {where}: "
+                     f"{pct(best['test_acc_mean'])}.")
+    words.append(
+        f"How much is seed luck? For the lesson's network alone, {seed_range(base)}, and "
+        f"{pct(base['share_diverged'], 0)} of its seeds diverged; at {top[axis]:g} {unit}, "
+        f"{seed_range(top)}."
+    )
+    diverged = rows[rows["share_diverged"] > 0]
+    if len(diverged):
+        worst = diverged.sort_values("share_diverged").iloc[-1]
+        words.append(f"Divergence: up to {pct(worst['share_diverged'], 0)} of the seeds "
+                     f"diverged (at {axis} {worst[axis]:g}); the means above leave them out.")
+    return " ".join(words)
+
+
+MACHINE = MACHINES[0] if MACHINES else {}
+GPU = MACHINE.get("gpu", {}) or {}
+md(f"**Machine:** {MACHINE.get('host', 'unknown')}, {MACHINE.get('cpu_model', 'unknown CPU')} "
+   f"({MACHINE.get('physical_cores', '?')} physical / {MACHINE.get('logical_cores', '?')} "
+   f"logical cores). **GPU:** "
+   + (f"{GPU.get('name')} ({GPU.get('memory_gib')} GiB)." if GPU.get("available")
+      else f"none usable — {GPU.get('reason') or 'CUDA unavailable'}.")
+   + f" **Results recorded:** {MACHINE.get('created_utc', 'unknown time')}.")
+
+# %% [markdown]
+# ## At a glance
+
+# %%
+#| echo: false
+def lesson_row(backend: str, device: str, dtype: str):
+    rows = MM[(MM["case"] == "lesson") & (MM["kind"] == "matmul") & (MM["backend"] == backend)
+              & (MM["device"] == device) & (MM["dtype"] == dtype)]
+    return first(rows)
+
+
+def lesson_time(backend: str, device: str, dtype: str) -> float:
+    row = lesson_row(backend, device, dtype)
+    return float(row["time_s_median"]) if row is not None and row["status"] == "ok" else math.nan
+
+
+LESSON_OK = MM[(MM["case"] == "lesson") & (MM["kind"] == "matmul") & (MM["status"] == "ok")]
+CUDA_MM = cuda_reason(MM)
+bullets = []
+if len(LESSON_OK):
+    fastest = LESSON_OK.sort_values("time_s_median").iloc[0]
+    bullets.append(
+        f"The lesson's product x(1×6400) @ y(6400×5000) was fastest with "
+        f"{series(fastest['backend'], fastest['device'], fastest['dtype'])}: "
+        f"{fmt_time(fastest['time_s_median'])}, "
+        f"{times(fastest['speedup_vs_numpy_float64'])} the speed of the lesson's baseline "
+        f"(NumPy float64, {fmt_time(lesson_time('numpy', 'cpu', 'float64'))} here).")
+bullets.append("CUDA: " + (f"unavailable in this run, because {why(CUDA_MM)}. Every GPU "
+                           "question below is left open rather than guessed." if CUDA_MM else
+                           "available; GPU timings are CUDA-synchronised."))
+for name in ("toy", "blobs"):
+    base = baseline_of(name)
+    if base is None:
+        bullets.append(f"{name}: no training results in this run.")
+        continue
+    best = best_along(rows_of(name))
+    bullets.append(
+        f"{name}: the lesson's network ({base['width']:g} units, {base['depth']:g} hidden layer, "
+        f"{base['epochs']:g} epochs) reached {ci_text(base, 'test_acc', True)} test accuracy "
+        f"over {base['n_ok']:g} seeds; the best variant (width {best['width']:g}, depth "
+        f"{best['depth']:g}, {best['epochs']:g} epochs) reached {pct(best['test_acc_mean'])}.")
+md("\n".join(f"- {b}" for b in bullets))
+
+# %% [markdown]
+# ## Tensors and matrix products: GPU vs CPU
+#
+# The lesson compares one product, a 1 × 6400 row vector times a 6400 × 5000 matrix, in
+# three ways with `%timeit`. The table puts its three numbers beside this run's timings of
+# the same product for each backend, device and dtype.
+
+# %%
+#| echo: false
+ours = MM[(MM["case"] == "lesson") & (MM["kind"] == "matmul")].sort_values(
+    ["device", "backend", "dtype"])
+rows = [{
+    "source": "lesson", "what": series(r["backend"], r["device"], r["dtype"]),
+    "time": fmt_time(r["time_s"]), "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
+    "vs NumPy float64": times(LESSON.query("backend == 'numpy'")["time_s"].iloc[0] / r["time_s"]),
+    "timing": f"{r['timer']}, {r['sync']}",
+} for _, r in LESSON.iterrows()]
+rows += [{
+    "source": "this run", "what": series(r["backend"], r["device"], r["dtype"]),
+    "time": fmt_time(r["time_s_median"]) if r["status"] == "ok" else r["status"],
+    "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
+    "vs NumPy float64": times(r["speedup_vs_numpy_float64"]),
+    "timing": (f"median of {int(r['n_runs'])} runs, {int(r['threads'])} thread(s)"
+               + (", synchronised" if r["device"] == "cuda" else "")
+               if r["status"] == "ok" else r["reason"]),
+} for _, r in ours.iterrows()]
+show_table(pd.DataFrame(rows))
+figure("lesson_comparison")
+
+# %% [markdown]
+# ### Is the GPU faster here, and why or why not?
+
+# %%
+#| echo: false
+lesson_cuda = LESSON.query("device == 'cuda'").iloc[0]
+cpu32 = lesson_time("torch", "cpu", "float32")
+intensity = first(LESSON_OK)["intensity_flop_per_byte"] if len(LESSON_OK) else math.nan
+bw = MM[(MM["kind"] == "copy") & (MM["status"] == "ok")].groupby("device")["gb_s"].max()
+text = []
+if CUDA_MM:
+    text.append(
+        f"**CUDA was unavailable in this run:** {why(CUDA_MM)}. This run therefore cannot say "
+        f"whether the GPU is faster; the CPU results below stand on their own. The lesson's "
+        f"{fmt_time(lesson_cuda['time_s'])} would mean the GPU streamed y at "
+        f"{num(lesson_cuda['gb_s'])} GB/s, but it was timed without synchronisation, so it "
+        f"may measure how fast kernels are queued rather than how fast they finish.")
+else:
+    cuda32 = lesson_time("torch", "cuda", "float32")
+    h2d = MM[(MM["case"] == "lesson") & (MM["kind"] == "h2d") & (MM["dtype"] == "float32")
+             & (MM["status"] == "ok")]
+    h2d_t = float(h2d["time_s_median"].iloc[0]) if len(h2d) else math.nan
+    faster = cpu32 / cuda32
+    text.append(
+        f"With the clock synchronised, the product takes {fmt_time(cuda32)} on the GPU "
+        f"({GPU.get('name', 'GPU')}) against {fmt_time(cpu32)} for torch on the CPU, both "
+        f"float32: the GPU is {times(faster)} {'faster' if faster > 1 else 'as fast'}. "
+        f"The lesson reported {fmt_time(lesson_cuda['time_s'])} without synchronisation.")
+    if np.isfinite(h2d_t):
+        text.append(
+            f"But y first has to reach the GPU: copying it took {fmt_time(h2d_t)}, "
+            f"{times(h2d_t / cuda32)} the product itself. For a single product the GPU pays "
+            f"off only when the data already live there.")
+if np.isfinite(intensity):
+    text.append(
+        f"Why: with one row in x, each element of y is read once and used for one "
+        f"multiply-add, about {num(intensity, 2)} FLOP per byte moved in float32. Such a "
+        f"product is limited by memory bandwidth, not by arithmetic, so a device is faster "
+        f"roughly in proportion to the bandwidth it can stream."
+        + (" This run's copy benchmark measured "
+           + ", ".join(f"{num(v)} GB/s on {device_name(d)}" for d, v in bw.items()) + "."
+           if len(bw) else ""))
+md("\n\n".join(text))
+
+# %% [markdown]
+# ### Why does the lesson's NumPy look 2× slower?
+
+# %%
+#| echo: false
+l_np = LESSON.query("backend == 'numpy'").iloc[0]
+l_t = LESSON.query("backend == 'torch' and device == 'cpu'").iloc[0]
+np64, np32 = lesson_time("numpy", "cpu", "float64"), lesson_time("numpy", "cpu", "float32")
+t64 = lesson_time("torch", "cpu", "float64")
+r_total, r_dtype, r_lib32, r_lib64 = np64 / cpu32, np64 / np32, np32 / cpu32, np64 / t64
+text = [
+    f"In the lesson NumPy took {times(l_np['time_s'] / l_t['time_s'])} as long as torch on the "
+    f"CPU. The two calls did not do the same work: `torch.rand` makes float32 tensors while "
+    f"`np.random.random` makes float64 arrays, so NumPy had twice as many bytes to read. "
+    f"Dividing bytes by time, the lesson's NumPy streamed {num(l_np['gb_s'])} GB/s and its "
+    f"torch {num(l_t['gb_s'])} GB/s: the same memory speed, twice the bytes.",
+]
+if all(np.isfinite([r_total, r_dtype, r_lib32, r_lib64])):
+    dtype_wins = abs(math.log(r_dtype)) >= max(abs(math.log(r_lib32)), abs(math.log(r_lib64)))
+    text.append(
+        f"In this run, NumPy float64 took {times(r_total)} the time of torch "
+        f"float32. Holding the library fixed, float64 cost NumPy {times(r_dtype)} its float32 "
+        f"time; holding the dtype fixed, NumPy took {times(r_lib32)} torch's time in float32 "
+        f"and {times(r_lib64)} in float64. "
+        + ("So the dtype, not the library, explains most of the gap."
+           if dtype_wins else
+           "Here the difference between the libraries is at least as large as the dtype's."))
+text.append(
+    "The lesson's CUDA number has a second catch: CUDA kernels run asynchronously and "
+    "`%timeit` does not wait for them, so it can time the launch rather than the product. "
+    "This run synchronises before reading the clock"
+    + (f"; its float32 GPU time is {fmt_time(lesson_time('torch', 'cuda', 'float32'))}."
+       if not CUDA_MM else ", but had no GPU to time."))
+md("\n\n".join(text))
+
+# %% [markdown]
+# ### Time against size, and what limits it
+#
+# Square products (m = k = n) do many multiply-adds per byte and can approach the processor's
+# arithmetic peak; matrix-vector products (m = 1, like the lesson's) cannot. The second
+# figure places every product by its arithmetic intensity against the memory roof drawn from
+# the measured copy bandwidth.
+
+# %%
+#| echo: false
+figure("matmul_time")
+figure("matmul_roofline")
+ok = MM[(MM["kind"] == "matmul") & (MM["status"] == "ok")]
+text = []
+lesson_mv = ok[ok["case"] == "lesson"]
+if len(lesson_mv):
+    top = lesson_mv.sort_values("bandwidth_share").iloc[-1]
+    text.append(
+        f"On the lesson's product, whose {num(top['bytes'] / 2**20)} MiB of operands are too "
+        f"large for most caches, the best backend ({series(top['backend'], top['device'], top['dtype'])}) "
+        f"moved {num(top['gb_s'])} GB/s, {pct(top['bandwidth_share'], 0)} of the copy bandwidth "
+        f"measured on the same device: it runs at the speed of memory.")
+mv = ok[ok["case"] == "gemv"]
+if len(mv) and mv["bandwidth_share"].max() > 1:
+    small = mv.sort_values("bandwidth_share").iloc[-1]
+    text.append(
+        f"Smaller matrix-vector products can beat the copy bandwidth (up to "
+        f"{pct(small['bandwidth_share'], 0)} at {num(small['bytes'] / 2**20)} MiB) because "
+        f"their matrix stays in the CPU caches between repetitions.")
+sq = ok[ok["case"] == "square"]
+if len(sq):
+    top = sq.sort_values("gflop_s").iloc[-1]
+    text.append(
+        f"The best square product ran at {num(top['gflop_s'])} GFLOP/s "
+        f"({series(top['backend'], top['device'], top['dtype'])}, n = {int(top['n'])}, "
+        f"{num(top['intensity_flop_per_byte'])} FLOP per byte), far above what the memory roof "
+        f"allows a matrix-vector product.")
+if CUDA_MM:
+    text.append(f"No CUDA points appear: CUDA was unavailable, because {why(CUDA_MM)}.")
+md(" ".join(text))
+bw_rows = MM[MM["kind"] == "copy"]
+show_table(pd.DataFrame({
+    "device": bw_rows["device"].map(device_name), "backend": bw_rows["backend"],
+    "dtype": bw_rows["dtype"], "copy bandwidth (GB/s)": bw_rows["gb_s"].map(num),
+    "status": bw_rows["status"],
+}))
+
+# %% [markdown]
+# ## The first network
+#
+# The lesson trains one hidden layer of four ReLU units on its nine labelled points with
+# full-batch SGD and cross-entropy, then tests on three more points. Here every
+# configuration is trained from many seeds at once, so each figure shows a distribution,
+# not one lucky or unlucky run.
+
+# %%
+#| echo: false
+base = baseline_of("toy")
+if base is None:
+    md("The toy data set was not trained in this run.")
+else:
+    md(f"With {base['width']:g} units, {base['depth']:g} hidden layer, learning rate "
+       f"{base['lr']:g} and {base['epochs']:g} epochs, over {base['n_seeds']:g} seeds "
+       f"(on {device_name(train_device('toy'))}): final training loss "
+       f"{ci_text(base, 'loss', False)}, training accuracy {pct(base['train_acc_mean'])}, "
+       f"test accuracy {ci_text(base, 'test_acc', True)}. Across seeds, {seed_range(base)}, "
+       f"and {pct(base['share_diverged'], 0)} of the seeds diverged. "
+       + ("So how well one run does is partly a matter of its seed."
+          if not np.isclose(base["test_acc_min"], base["test_acc_max"]) else
+          "Here the seed did not change the test result."))
+
+# %% [markdown]
+# ## Homework: more epochs, more units, more layers
+#
+# The homework changes one thing at a time: the number of epochs, the units in the hidden
+# layer, and the number of hidden layers. Curves show the mean over seeds; the shaded band
+# runs from the best to the worst seed. In each table the first row is the lesson's network.
+
+# %%
+#| echo: false
+figure("loss_curves")
+
+# %% [markdown]
+# ### More epochs
+
+# %%
+#| echo: false
+show_table(summary_table(axis_rows("toy", "epochs"), "epochs"))
+md(axis_answer("toy", "epochs", "epochs"))
+
+# %% [markdown]
+# ### More units
+
+# %%
+#| echo: false
+show_table(summary_table(axis_rows("toy", "width"), "width"))
+md(axis_answer("toy", "width", "units"))
+
+# %% [markdown]
+# ### More layers
+
+# %%
+#| echo: false
+show_table(summary_table(axis_rows("toy", "depth"), "depth"))
+md(axis_answer("toy", "depth", "hidden layers"))
+figure("test_accuracy")
+
+# %% [markdown]
+# ### Gradients through depth: the chain-rule exercise
+#
+# The lesson asks what happens to the gradient of the first layer when many factors in its
+# chain rule are smaller than one. The figure shows the norm of each layer's weight gradient,
+# at initialisation and after training, for each depth.
+
+# %%
+#| echo: false
+figure("grad_norms")
+text = []
+for name in ("toy", "blobs"):
+    base = baseline_of(name)
+    device = train_device(name)
+    g = GRADS[(GRADS["dataset"] == name) & (GRADS["device"] == device) & (GRADS["stage"] == "init")]
+    if base is None or g.empty:
+        continue
+    g = g[np.isclose(g["width"], base["width"]) & np.isclose(g["lr"], base["lr"])]
+    ratios = []
+    for depth, d in g.groupby("depth"):
+        d = d.set_index("layer")["grad_norm_mean"]
+        ratios.append((depth, d.loc[0] / d.loc[depth]))
+    if len(ratios) >= 2:
+        (d0, r0), (d1, r1) = ratios[0], ratios[-1]
+        text.append(
+            f"On {name} at initialisation, the first layer's gradient norm is {times(r0)} the "
+            f"output layer's with {d0:g} hidden layer(s) and {times(r1)} with {d1:g}.")
+if text:
+    text.append("Each extra layer multiplies another factor into the first layer's gradient; "
+                "where those factors are below one the early layers learn more slowly, one "
+                "reason why adding layers does not simply help.")
+md(" ".join(text) or "This run did not vary depth, so there is nothing to compare.")
+
+# %% [markdown]
+# ## Blobs
+#
+# The homework's second task: four Gaussian blobs from `make_blobs`, 60% for training and
+# 40% for testing, learned by the same kind of network.
+
+# %%
+#| echo: false
+base = baseline_of("blobs")
+if base is None:
+    md("The blobs data set was not trained in this run.")
+else:
+    rows = rows_of("blobs")
+    best = best_along(rows)
+    md(f"The lesson's network reaches {ci_text(base, 'test_acc', True)} test accuracy on the "
+       f"blobs after {base['epochs']:g} epochs (training accuracy "
+       f"{pct(base['train_acc_mean'])}). The best configuration tried — width "
+       f"{best['width']:g}, depth {best['depth']:g}, {best['epochs']:g} epochs — reaches "
+       f"{ci_text(best, 'test_acc', True)}: {verdict(base, best, 'test_acc', True)}.")
+    for axis, unit in (("epochs", "epochs"), ("width", "units"), ("depth", "hidden layers")):
+        md(f"**{axis.capitalize()}.** " + axis_answer("blobs", axis, unit))
+    show_table(summary_table(rows.query("status == 'ok'").sort_values(
+        ["depth", "width", "epochs"]).assign(
+            config=lambda d: [f"w{w:g} d{dp:g} e{e:g}" for w, dp, e in
+                              zip(d["width"], d["depth"], d["epochs"])]), "config"))
+
+# %% [markdown]
+# ### What the networks learned
+#
+# Decision regions of the lesson's network shape (after its longest training) and of the best
+# other shape, for one representative seed each (the seed with the median test accuracy),
+# with the training points as circles and the test points as triangles.
+
+# %%
+#| echo: false
+figure("decision_regions")
+
+# %% [markdown]
+# ## Training time per epoch: CPU vs CUDA
+
+# %%
+#| echo: false
+figure("epoch_time")
+cuda_train = cuda_reason(TIMES)
+ok = TIMES[TIMES["status"] == "ok"]
+if cuda_train:
+    md(f"**CUDA was unavailable for training:** {why(cuda_train)}. Only CPU times are shown; the "
+       f"CUDA rows are kept in the table with their reason.")
+else:
+    cuda_rows = ok[ok["device"] == "cuda"]
+    ratio = cuda_rows["speedup_vs_cpu"].median()
+    md(f"Across {len(cuda_rows)} combinations of dataset and shape, the median CUDA epoch took "
+       f"{times(1 / ratio)} the CPU's time. "
+       + ("The GPU is slower here because these networks are tiny: an epoch is a handful of "
+          "small kernels, and the fixed cost of launching each one outweighs the arithmetic."
+          if ratio < 1 else
+          "The GPU is faster here: batching all seeds into one ensemble gives each kernel "
+          "enough work to outweigh the fixed cost of launching it."))
+ens = ok[ok["method"] == "ensemble"]
+if len(ens):
+    md(f"One epoch trains every seed of a shape together as one batched ensemble "
+       f"({int(ens['n_members'].max())} members at most); per member, an epoch took between "
+       f"{fmt_time(ens['time_per_member_epoch_s'].min())} and "
+       f"{fmt_time(ens['time_per_member_epoch_s'].max())}.")
+loop = ok[ok["method"] == "loop"]
+if len(ens) and len(loop):
+    keys = ["dataset", "device", "width", "depth"]
+    pair = ens.merge(loop, on=keys, suffixes=("_ens", "_loop"))
+    gain = (pair["time_per_member_epoch_s_loop"] / pair["time_per_member_epoch_s_ens"]).median()
+    speed = (f"{times(gain)} faster" if gain >= 1 else f"{times(1 / gain)} slower")
+    md(f"Against the lesson's own loop, which trains one network at a time, the ensemble trains "
+       f"each network {speed} per epoch (median over the {len(pair)} shapes timed both ways)"
+       + (f": that is what makes {int(ens['n_members'].max())} seeds per configuration "
+          f"affordable." if gain >= 1 else "."))
+TIMES = TIMES.sort_values(["dataset", "width", "depth", "device", "method"], key=lambda c: (
+    c.map(lambda n: (n != "toy", n)) if c.name == "dataset" else c))
+show_table(pd.DataFrame({
+    "dataset": TIMES["dataset"], "width": TIMES["width"], "depth": TIMES["depth"],
+    "device": TIMES["device"].map(device_name), "method": TIMES["method"],
+    "members": TIMES["n_members"],
+    "time per epoch": TIMES["time_per_epoch_s"].map(fmt_time),
+    "per member-epoch": TIMES["time_per_member_epoch_s"].map(fmt_time),
+    "vs CPU": [times(v) if d != "cpu" else "" for v, d in
+               zip(TIMES["speedup_vs_cpu"], TIMES["device"])],
+    "status": [s if s == "ok" else f"{s}: {why(r)}"
+               for s, r in zip(TIMES["status"], TIMES["reason"])],
+}))
+
+# %% [markdown]
+# ## Method
+
+# %%
+#| echo: false
+# The stage writes "timer; stmt `...`; detail; detail" per row: list each part once.
+parts = [m.split("; ") for m in MM.loc[MM["status"] == "ok", "method"].dropna().unique()]
+timers = list(dict.fromkeys(p[0] for p in parts))
+stmts = list(dict.fromkeys(x.removeprefix("stmt ") for p in parts for x in p[1:]
+                           if x.startswith("stmt ")))
+details = list(dict.fromkeys(x for p in parts for x in p[1:] if not x.startswith("stmt ")))
+mm_threads = sorted(MM.loc[(MM["status"] == "ok") & (MM["device"] == "cpu"), "threads"].unique())
+tr_threads = sorted(TIMES.loc[TIMES["status"] == "ok", "threads"].unique())
+seeds = SUMMARY.groupby("dataset")["n_seeds"].max().sort_index(
+    key=lambda names: [(n != "toy", n) for n in names])
+runs = MM.loc[MM["status"] == "ok", "n_runs"]
+items = [
+    "**Timer.** " + (", ".join(f"`{t}`" for t in timers) or "no successful timings")
+    + (" for every backend, timing " + ", ".join(
+        s if s.startswith("`") else f"`{s}`" for s in stmts) if stmts else "")
+    + ("; " + "; ".join(details) if details else "")
+    + (f". Each time is the median of "
+       + (f"{int(runs.min())}" if runs.min() == runs.max()
+          else f"{int(runs.min())}–{int(runs.max())}")
+       + " measured runs after warm-up; the interquartile range is kept in the tables."
+       if len(runs) else "."),
+    "**CUDA synchronisation.** GPU timings wait for the device before the clock is read, so "
+    "they time the finished work; the lesson's `%timeit` did not.",
+    "**Threads.** Matrix products on the CPU used "
+    + (", ".join(str(int(t)) for t in mm_threads) or "no") + " thread(s) for both torch and "
+    "NumPy's BLAS; training used " + (", ".join(str(int(t)) for t in tr_threads) or "no")
+    + " thread(s).",
+    "**Dtypes.** Matrix products in " + ", ".join(sorted(MM["dtype"].dropna().unique()))
+    + "; training in float32, as in the lesson.",
+    "**Seeds.** " + ", ".join(f"{d}: {int(n)} seeds per configuration" for d, n in seeds.items())
+    + ". Each seed initialises the network exactly as `torch.manual_seed(seed)` followed by "
+    "the lesson's layers would; all seeds of a shape train together as one batched ensemble, "
+    "and shorter epoch counts are checkpoints of the longest run.",
+    "**Statistics.** Means are over the seeds that did not diverge (a non-finite loss counts "
+    "as diverged and is reported as a share). Intervals are Student-t 95% intervals of the "
+    "mean over seeds (accuracy intervals shown clipped to 0–100%); bands in the loss figures "
+    "run from the best to the worst seed.",
+    "**No overlapping timings.** The workflow runs every job that measures time alone, so no "
+    "benchmark shares the cores with another job.",
+]
+md("\n".join(f"- {i}" for i in items))
+
+# %% [markdown]
+# ## Environment
+
+# %%
+#| echo: false
+for m in MACHINES:
+    gpu = m.get("gpu", {}) or {}
+    blas = m.get("blas", {}) or {}
+    np_blas = blas.get("numpy") or {}
+    if isinstance(np_blas, list):
+        np_blas = np_blas[0] if np_blas else {}
+    t_blas = blas.get("torch") or {}
+    versions = m.get("versions", {}) or {}
+    rows = [
+        ("host", m.get("host")),
+        ("CPU", m.get("cpu_model")),
+        ("cores (physical / logical)", f"{m.get('physical_cores')} / {m.get('logical_cores')}"),
+        ("threads for timings", m.get("threads")),
+        ("NumPy BLAS", f"{np_blas.get('internal_api')} {np_blas.get('version') or ''} "
+                       f"({np_blas.get('architecture') or 'n/a'}, "
+                       f"{np_blas.get('num_threads')} threads)"),
+        ("torch BLAS", ", ".join(f"{k}: {v}" for k, v in t_blas.items()
+                                 if k in ("blas_info", "cpu_capability", "parallel_backend")
+                                 and v is not None) or "n/a"),
+        ("GPU", f"{gpu.get('name')}, {gpu.get('memory_gib')} GiB, driver {gpu.get('driver')}, "
+                f"CUDA {gpu.get('cuda_version')}" if gpu.get("available")
+                else f"none: {gpu.get('reason') or 'CUDA unavailable'}"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("git commit", (m.get("git_commit") or "unknown")
+         + (" (with uncommitted changes)" if m.get("git_dirty") else "")),
+        ("config hash", m.get("config_hash")),
+        ("recorded (UTC)", m.get("created_utc")),
+    ]
+    show_table(pd.DataFrame(rows, columns=["item", "value"]).astype(str))
+
+# %% [markdown]
+# ## About this report
+
+# %%
+#| echo: false
+md(f"Rendered by {RENDERER_DETAIL} (renderer `{RENDERER}`). The tables behind every number "
+   f"are in `tables/` of the results folder as Parquet and CSV, the figures in `figures/`.")
