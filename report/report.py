@@ -196,7 +196,14 @@ def axis_answer(dataset: str, axis: str, unit: str) -> str:
     base = baseline_of(dataset)
     if base is None or len(rows) < 2:
         return f"This run did not vary the {axis} of the {dataset} network."
-    top = rows[rows["status"] == "ok"].iloc[-1]
+    ok_rows = rows[rows["status"] == "ok"]
+    lost = rows[rows["status"] == "diverged"]
+    lost_text = (f" Every seed diverged at {axis} " + ", ".join(f"{v:g}" for v in lost[axis])
+                 + "." if len(lost) else "")
+    if base["status"] != "ok" or len(ok_rows) < 2:
+        return (f"Too few configurations along this axis trained without diverging to "
+                f"compare them.{lost_text}")
+    top = ok_rows.iloc[-1]
     best = best_along(rows)
     words = [
         f"From {base[axis]:g} to {top[axis]:g} {unit}, the final training loss went from "
@@ -215,12 +222,13 @@ def axis_answer(dataset: str, axis: str, unit: str) -> str:
         f"{pct(base['share_diverged'], 0)} of its seeds diverged; at {top[axis]:g} {unit}, "
         f"{seed_range(top)}."
     )
+    words.append(lost_text.strip())
     diverged = rows[rows["share_diverged"] > 0]
     if len(diverged):
         worst = diverged.sort_values("share_diverged").iloc[-1]
         words.append(f"Divergence: up to {pct(worst['share_diverged'], 0)} of the seeds "
                      f"diverged (at {axis} {worst[axis]:g}); the means above leave them out.")
-    return " ".join(words)
+    return " ".join(w for w in words if w)
 
 
 MACHINE = MACHINES[0] if MACHINES else {}
@@ -271,8 +279,10 @@ for name in ("toy", "blobs"):
     bullets.append(
         f"{name}: the lesson's network ({base['width']:g} units, {base['depth']:g} hidden layer, "
         f"{base['epochs']:g} epochs) reached {ci_text(base, 'test_acc', True)} test accuracy "
-        f"over {base['n_ok']:g} seeds; the best variant (width {best['width']:g}, depth "
-        f"{best['depth']:g}, {best['epochs']:g} epochs) reached {pct(best['test_acc_mean'])}.")
+        f"over {base['n_ok']:g} seeds"
+        + (f"; the best variant (width {best['width']:g}, depth {best['depth']:g}, "
+           f"{best['epochs']:g} epochs) reached {pct(best['test_acc_mean'])}."
+           if best is not None else "; every configuration diverged."))
 md("\n".join(f"- {b}" for b in bullets))
 
 # %% [markdown]
@@ -539,9 +549,11 @@ else:
     best = best_along(rows)
     md(f"The lesson's network reaches {ci_text(base, 'test_acc', True)} test accuracy on the "
        f"blobs after {base['epochs']:g} epochs (training accuracy "
-       f"{pct(base['train_acc_mean'])}). The best configuration tried — width "
-       f"{best['width']:g}, depth {best['depth']:g}, {best['epochs']:g} epochs — reaches "
-       f"{ci_text(best, 'test_acc', True)}: {verdict(base, best, 'test_acc', True)}.")
+       f"{pct(base['train_acc_mean'])}). "
+       + (f"The best configuration tried — width {best['width']:g}, depth {best['depth']:g}, "
+          f"{best['epochs']:g} epochs — reaches {ci_text(best, 'test_acc', True)}: "
+          f"{verdict(base, best, 'test_acc', True)}." if best is not None else
+          "Every configuration diverged."))
     for axis, unit in (("epochs", "epochs"), ("width", "units"), ("depth", "hidden layers")):
         md(f"**{axis.capitalize()}.** " + axis_answer("blobs", axis, unit))
     show_table(summary_table(rows.query("status == 'ok'").sort_values(

@@ -305,14 +305,22 @@ def write_inputs(root: Path, *, cuda: bool = False, diverged: bool = True) -> Sy
     return SyntheticInputs(matmul_files, train_dirs, [machine], json.loads(json.dumps(cfg)))
 
 
-def write_results(root: Path, *, cuda: bool = False, figures: bool = True) -> Path:
-    """Inputs, tables and (optionally) figures under ``root``: a results folder for the report."""
+def write_results(root: Path, *, cuda: bool = False, figures: bool = True,
+                  only_cuda: bool = False) -> Path:
+    """Inputs, tables and (optionally) figures under ``root``: a results folder for the report.
+
+    ``only_cuda`` aggregates the CUDA files alone: with ``cuda=False``, nothing is available.
+    """
     from mlpbench.figures import FIGURES, make_figure
     from mlpbench.tables import build_tables, write_tables
 
     inputs = write_inputs(root, cuda=cuda)
-    tables = build_tables(inputs.matmul_files, inputs.train_dirs, inputs.machine_files,
-                          train_cfg=inputs.train_cfg, points_loader=load_points)
+    mm, train = inputs.matmul_files, inputs.train_dirs
+    if only_cuda:
+        mm = [p for p in mm if p.stem == "cuda"]
+        train = [d for d in train if d.name == "cuda"]
+    tables = build_tables(mm, train, inputs.machine_files, train_cfg=inputs.train_cfg,
+                          points_loader=load_points)
     write_tables(tables, Path(root) / "tables")
     if figures:
         for name in FIGURES:

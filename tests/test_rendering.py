@@ -141,6 +141,19 @@ def test_prose_numbers_come_from_the_tables(rendered):
     assert f"NumPy float64, {np64 * 1e3:.3g} ms here" in text
 
 
+def test_report_renders_when_nothing_was_available(tmp_path):
+    root = write_results(tmp_path, cuda=False, only_cuda=True)
+    out = root / "report" / "report.html"
+    assert render(REPORT, out, root, renderer="nbconvert", timeout_s=300) == "nbconvert"
+    soup = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser")
+    headings = [t.get_text().strip("¶ \n") for t in soup.find_all(["h2", "h3"])]
+    assert [h for h in headings if h in SECTIONS] == SECTIONS
+    assert len(soup.find_all("img")) == len(FIGURES)
+    text = soup.get_text()
+    assert "toy: no training results in this run" in text
+    assert "CUDA was unavailable in this run" in text
+
+
 def test_a_failing_cell_fails_the_render(tmp_path):
     src = tmp_path / "broken.py"
     src.write_text('# %% [markdown]\n# ---\n# title: "broken"\n# ---\n\n'
