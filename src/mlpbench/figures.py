@@ -56,7 +56,7 @@ plt.rcParams.update({
 })
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- building blocks
 
 
 class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
