@@ -1,0 +1,129 @@
+"""The lesson's two datasets, one-hot targets and accuracy.
+
+``toy`` is the 9-point / 3-class example the lesson trains its first network on; ``blobs`` is
+the homework's ``make_blobs`` + ``train_test_split`` data. Both are deterministic: the same
+arguments give the same tensors on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("toy", "blobs")
+
+# The lesson's homework call: make_blobs(n_samples=400, centers=4, cluster_std=2, random_state=10)
+# then train_test_split(test_size=0.4, random_state=2).
+BLOBS_DEFAULTS: dict[str, Any] = {
+    "n_samples": 400,
+    "centers": 4,
+    "cluster_std": 2.0,
+    "random_state": 10,
+    "test_size": 0.4,
+    "split_random_state": 2,
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/test split: features float32 (n, n_features), labels int64 (n,) in 0..n_classes-1."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def to(self, device: str | torch.device) -> Dataset:
+        return Dataset(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.n_classes,
+        )
+
+
+def toy() -> Dataset:
+    """The lesson's first-network data, point for point (labels 0,0,0,1,1,1,2,2,2; test 0,1,2)."""
+    x_train = [[-2, -1], [-1, -1], [-1, -2], [2, -1], [1, -1], [1, -2], [2, 1], [1, 1], [1, 2]]
+    y_train = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    x_test = [[-2, -2], [2, -2], [2, 2]]
+    y_test = [0, 1, 2]
+    return Dataset(
+        name="toy",
+        x_train=torch.tensor(x_train).float(),
+        y_train=torch.tensor(y_train, dtype=torch.int64),
+        x_test=torch.tensor(x_test).float(),
+        y_test=torch.tensor(y_test, dtype=torch.int64),
+        n_classes=3,
+    )
+
+
+def blobs(
+    n_samples: int = 400,
+    centers: int = 4,
+    cluster_std: float = 2.0,
+    random_state: int = 10,
+    test_size: float = 0.4,
+    split_random_state: int = 2,
+) -> Dataset:
+    """The homework's data: ``make_blobs`` then ``train_test_split``, defaults as in the lesson."""
+    # Imported here: scikit-learn is slow to import and only this dataset needs it.
+    from sklearn.datasets import make_blobs
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_blobs(
+        n_samples=n_samples, centers=centers, cluster_std=cluster_std, random_state=random_state
+    )
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, random_state=split_random_state
+    )
+    return Dataset(
+        name="blobs",
+        x_train=torch.tensor(x_train).float(),
+        y_train=torch.tensor(y_train, dtype=torch.int64),
+        x_test=torch.tensor(x_test).float(),
+        y_test=torch.tensor(y_test, dtype=torch.int64),
+        n_classes=int(centers),
+    )
+
+
+def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Float one-hot targets, as the lesson feeds them to ``CrossEntropyLoss``."""
+    return F.one_hot(labels, n_classes).float()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose arg-max logit is the label.
+
+    ``logits`` is (n, C) for one model or (members, n, C) for an ensemble; the result is a
+    0-d tensor or one value per member.
+    """
+    return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
+
+
+def load(name: str, cfg: Mapping[str, Any] | None = None) -> Dataset:
+    """Build a dataset by name; for ``blobs`` the optional ``cfg["data"]`` overrides the lesson's values."""
+    if name == "toy":
+        return toy()
+    if name == "blobs":
+        data = dict(BLOBS_DEFAULTS)
+        data.update((cfg or {}).get("data") or {})
+        unknown = sorted(set(data) - set(BLOBS_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"train.datasets.blobs.data: unknown key(s) {unknown}; allowed: {sorted(BLOBS_DEFAULTS)}"
+            )
+        return blobs(**data)
+    raise ValueError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")
