@@ -11,10 +11,18 @@ from typing import Any
 import pandas as pd
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def _atomic_target(path: str | os.PathLike) -> tuple[Path, int, str]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; give the final file the mode an ordinary open() would.
+    os.chmod(tmp, 0o666 & ~_umask())
     return path, fd, tmp
 
 
