@@ -25,6 +25,29 @@ except WorkflowError as err:
 CONFIG_HASH = config_hash(config)
 MACHINE_ID = config["machine_id"] or sanitise_id(socket.gethostname())
 TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "decision"]
+# Names of the aggregated tables and figures, spelled out here so that building the DAG does not
+# import pandas or matplotlib; tests/test_workflow.py checks them against mlpbench.tables/figures.
+SUMMARY_TABLES = [
+    "matmul",
+    "train_summary",
+    "loss_curves",
+    "epoch_time",
+    "grad_norms",
+    "lesson_reference",
+    "decision_regions",
+    "data_points",
+    "machine",
+]
+FIGURES = {
+    "matmul_time": "Matmul",
+    "matmul_roofline": "Matmul",
+    "lesson_comparison": "Matmul",
+    "loss_curves": "Training",
+    "test_accuracy": "Training",
+    "decision_regions": "Training",
+    "grad_norms": "Training",
+    "epoch_time": "Training",
+}
 
 
 def usable_cores():
@@ -61,3 +84,13 @@ def train_files():
 def gpu_count(wildcards):
     """CUDA jobs claim the one GPU so that they never overlap."""
     return int(wildcards.device == "cuda")
+
+
+def summary_tables():
+    return expand(
+        "results/tables/{name}.{ext}", name=SUMMARY_TABLES, ext=["parquet", "csv"]
+    )
+
+
+def figure_files():
+    return expand("results/figures/{name}.png", name=list(FIGURES))

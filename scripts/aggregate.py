@@ -1,0 +1,17 @@
+"""Snakemake entry point: join the stage outputs into the report's tables."""
+
+from pathlib import Path
+
+from mlpbench.joblog import job_log
+from mlpbench.tables import build_tables, write_tables
+
+with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
+    train_dirs = list(dict.fromkeys(str(Path(f).parent) for f in snakemake.input.train))  # noqa: F821
+    tables = build_tables(
+        matmul_files=list(snakemake.input.matmul),  # noqa: F821
+        train_dirs=train_dirs,
+        machine_files=[snakemake.input.machine],  # noqa: F821
+        train_cfg=snakemake.params.train_cfg,  # noqa: F821
+    )
+    for path in write_tables(tables, Path(snakemake.output[0]).parent):  # noqa: F821
+        log.info("wrote %s", path)
