@@ -6,10 +6,7 @@ from mlpbench.machine import collect
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
     record = collect(
-        threads={
-            "matmul": snakemake.params.matmul_threads,  # noqa: F821
-            "train": snakemake.params.train_threads,  # noqa: F821
-        },
+        threads=snakemake.params.matmul_threads,  # noqa: F821
         config_hash=snakemake.params.config_hash,  # noqa: F821
     )
     write_json_atomic(record, snakemake.output[0])  # noqa: F821

@@ -8,6 +8,5 @@ rule machine:
     params:
         config_hash=CONFIG_HASH,
         matmul_threads=matmul_threads(),
-        train_threads=config["train"]["threads"],
     script:
         "../../scripts/machine.py"
