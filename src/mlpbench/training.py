@@ -1,0 +1,418 @@
+"""The lesson's training loop, and one training job: one dataset on one device, every shape.
+
+``run_training_job`` returns the tidy tables of ``results/train/{dataset}/{device}/`` (see the
+column lists in ``COLUMNS``). Conventions the tables follow:
+
+* ``losses.epoch`` runs 1..E; its loss is the one computed *before* that epoch's step, as the
+  lesson's ``loss_history`` holds (with mini-batches: the sample-weighted mean of the epoch's
+  batch losses). After a member diverges its later losses are NaN.
+* ``metrics``/``predictions`` at checkpoint ``epochs = e`` describe the model after e steps;
+  ``metrics.loss`` is its full-batch training loss. A member that diverged at or before e gets
+  status "diverged", NaN numbers and no predictions; earlier checkpoints stay "ok".
+* ``gradnorms``: Frobenius norm of each Linear weight's full-batch gradient, at initialisation
+  and at the final checkpoint (NaN for a diverged member).
+* ``decision``: logits on a resolution x resolution grid over the data's range +- margin, at
+  the final checkpoint of each shape (diverged members left out).
+* ``timings``: wall time of each shape's ensemble (CUDA synchronised, a short warm-up first)
+  and, for comparison, the lesson's loop for one member over at most ``LOOP_TIMING_EPOCHS``
+  epochs. Timings are the only columns that differ between reruns; on the CPU every other
+  table is identical from run to run.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data as datamod
+from . import ensemble as ens
+from .grid import (
+    ShapePlan,
+    plan_shapes,
+    resolve_seeds,
+    validate_dataset_cfg,
+    validate_decision_grid,
+    validate_device,
+    validate_threads,
+)
+
+__all__ = [
+    "COLUMNS",
+    "LOOP_TIMING_EPOCHS",
+    "cuda_unavailable_reason",
+    "lesson_loop",
+    "plan_shapes",
+    "run_training_job",
+    "validate_dataset_cfg",
+]
+
+LOOP_TIMING_EPOCHS = 200  # enough for a stable per-epoch time of the one-model loop
+WARMUP_EPOCHS = 3  # untimed, so one-off costs (allocator, BLAS/cuBLAS set-up) stay out of timings
+
+_ID = ["dataset", "device", "width", "depth", "lr", "seed"]
+COLUMNS: dict[str, list[str]] = {
+    "losses": [*_ID, "epoch", "loss"],
+    "metrics": [*_ID, "epochs", "loss", "train_acc", "test_acc", "status", "reason"],
+    "predictions": [*_ID, "epochs", "point", "label", "pred"],
+    "timings": [
+        "host", "dataset", "device", "width", "depth", "n_members", "epochs_trained", "threads",
+        "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
+    ],
+    "gradnorms": [*_ID, "stage", "layer", "grad_norm"],
+    "decision": [*_ID, "x0", "x1"],  # + logit_0 .. logit_{C-1}
+}
+_DTYPES: dict[str, str] = {
+    "dataset": "object", "device": "object", "width": "int64", "depth": "int64", "lr": "float64",
+    "seed": "int64", "epoch": "int64", "epochs": "int64", "loss": "float64", "train_acc": "float64",
+    "test_acc": "float64", "status": "object", "reason": "object", "point": "int64", "label": "int64",
+    "pred": "int64", "host": "object", "n_members": "int64", "epochs_trained": "int64",
+    "threads": "int64", "method": "object", "time_s": "float64", "time_per_epoch_s": "float64",
+    "time_per_member_epoch_s": "float64", "stage": "object", "layer": "int64", "grad_norm": "float64",
+    "x0": "float32", "x1": "float32",
+}
+
+
+def lesson_loop(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    n_epochs: int = 1000,
+    lr: float = 0.001,
+    momentum: float = 0.0,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """The lesson's loop: zero_grad -> CrossEntropyLoss(model(X), Y) -> backward -> SGD step.
+
+    ``y_train`` holds one-hot float targets. Returns the loss of every epoch (before its step),
+    float32. ``batch_size`` (default: the lesson's full batch) visits the data each epoch in the
+    order ``torch.randperm(n, generator=generator)``; the epoch's loss is then the
+    sample-weighted mean of its batch losses.
+    """
+    loss_func = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_history = []
+    n = x_train.shape[0]
+    if batch_size is None or batch_size >= n:
+        for _ in range(n_epochs):
+            opt.zero_grad()
+            loss_value = loss_func(model(x_train), y_train)
+            loss_value.backward()
+            opt.step()
+            loss_history.append(loss_value.detach().cpu().numpy())
+    else:
+        for _ in range(n_epochs):
+            order = torch.randperm(n, generator=generator).to(x_train.device)
+            total = torch.zeros((), device=x_train.device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                opt.zero_grad()
+                loss_value = loss_func(model(x_train[idx]), y_train[idx])
+                loss_value.backward()
+                opt.step()
+                total = total + loss_value.detach() * idx.shape[0]
+            loss_history.append((total / n).cpu().numpy())
+    return np.array(loss_history, dtype=np.float32)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when CUDA can run; otherwise the reason, for the tables' ``reason`` column."""
+    if torch.cuda.is_available():
+        return None
+    return "CUDA unavailable: torch.cuda.is_available() is False"
+
+
+def _dtype(table: str, column: str) -> str:
+    if table == "metrics" and column == "seed":
+        return "Int64"  # nullable: an "unavailable" row has no seed
+    return _DTYPES.get(column, "float32")  # the rest: decision logits
+
+
+def _frame(name: str, columns: Mapping[str, Any], extra: list[str] = ()) -> pd.DataFrame:
+    order = [*COLUMNS[name], *extra]
+    df = pd.DataFrame({c: columns[c] for c in order}, columns=order)
+    return df.astype({c: _dtype(name, c) for c in order})
+
+
+def _empty(name: str, n_classes: int = 0) -> pd.DataFrame:
+    extra = [f"logit_{c}" for c in range(n_classes)] if name == "decision" else []
+    return pd.DataFrame({c: pd.Series(dtype=_dtype(name, c)) for c in [*COLUMNS[name], *extra]})
+
+
+def _unavailable_tables(
+    dataset: str, device: str, plan: list[ShapePlan], n_seeds: int, threads: int, reason: str,
+    n_classes: int,
+) -> dict[str, pd.DataFrame]:
+    """One metrics and one timings row per shape, saying why nothing ran; other tables empty."""
+    k = len(plan)
+    metrics = _frame("metrics", {
+        "dataset": [dataset] * k, "device": [device] * k,
+        "width": [p.width for p in plan], "depth": [p.depth for p in plan],
+        "lr": [p.lrs[0] if len(p.lrs) == 1 else np.nan for p in plan],
+        "seed": pd.array([pd.NA] * k, dtype="Int64"), "epochs": [p.max_epochs for p in plan],
+        "loss": np.nan, "train_acc": np.nan, "test_acc": np.nan,
+        "status": ["unavailable"] * k, "reason": [reason] * k,
+    })
+    timings = _frame("timings", {
+        "host": [socket.gethostname()] * k, "dataset": [dataset] * k, "device": [device] * k,
+        "width": [p.width for p in plan], "depth": [p.depth for p in plan],
+        "n_members": [n_seeds * len(p.lrs) for p in plan], "epochs_trained": [p.max_epochs for p in plan],
+        "threads": [threads] * k, "method": ["ensemble"] * k, "time_s": np.nan,
+        "time_per_epoch_s": np.nan, "time_per_member_epoch_s": np.nan,
+        "status": ["unavailable"] * k, "reason": [reason] * k,
+    })
+    tables = {name: _empty(name, n_classes) for name in COLUMNS}
+    tables["metrics"], tables["timings"] = metrics, timings
+    return tables
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_loop(
+    arch: ens.Architecture, ds: datamod.Dataset, seed: int, lr: float, epochs: int,
+    momentum: float, batch_size: int | None, device: torch.device,
+) -> float:
+    """Wall time of the lesson's loop for one member, after a short untimed warm-up."""
+    y = datamod.one_hot(ds.y_train, ds.n_classes)
+
+    def run(n_epochs: int) -> float:
+        torch.manual_seed(seed)
+        net = arch.module().to(device)
+        gen = torch.Generator().manual_seed(seed)
+        _sync(device)
+        t0 = time.perf_counter()
+        lesson_loop(net, ds.x_train, y, n_epochs, lr, momentum, batch_size, gen)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    with torch.random.fork_rng(devices=[]):  # seeding here must not change the caller's RNG
+        run(min(WARMUP_EPOCHS, epochs))
+        return run(epochs)
+
+
+def _decision_points(ds: datamod.Dataset, resolution: int, margin: float) -> torch.Tensor:
+    """(resolution**2, 2) grid over the train+test range +- margin; x0 varies fastest."""
+    x = torch.cat([ds.x_train, ds.x_test]).cpu()
+    lo, hi = x.min(0).values - margin, x.max(0).values + margin
+    g1, g0 = torch.meshgrid(
+        torch.linspace(lo[1], hi[1], resolution), torch.linspace(lo[0], hi[0], resolution), indexing="ij"
+    )
+    return torch.stack([g0.reshape(-1), g1.reshape(-1)], 1)
+
+
+class _Members:
+    """The ensemble's members (learning-rate major, then seeds) as table columns."""
+
+    def __init__(self, lrs: tuple[float, ...], seeds: list[int]):
+        self.lr = np.repeat(np.array(lrs, dtype=np.float64), len(seeds))
+        self.seed = np.tile(np.array(seeds, dtype=np.int64), len(lrs))
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def rows(self, keep: np.ndarray, each: int) -> dict[str, np.ndarray]:
+        """lr/seed columns for the kept members, each repeated ``each`` times."""
+        return {"lr": np.repeat(self.lr[keep], each), "seed": np.repeat(self.seed[keep], each)}
+
+
+def _loss_columns(run: ens.EnsembleRun, members: _Members) -> dict[str, Any]:
+    losses = run.losses.double().cpu().numpy()  # (epochs, M)
+    e, m = losses.shape
+    return {
+        "lr": np.tile(members.lr, e), "seed": np.tile(members.seed, e),
+        "epoch": np.repeat(np.arange(1, e + 1), m), "loss": losses.reshape(-1),
+    }
+
+
+def _checkpoint_columns(
+    arch: ens.Architecture, ds: datamod.Dataset, run: ens.EnsembleRun, members: _Members,
+    checkpoints: tuple[int, ...], diverged_at: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics and predictions columns at every checkpoint."""
+    y_onehot = datamod.one_hot(ds.y_train, ds.n_classes)
+    y_test = ds.y_test.cpu().numpy()
+    n_test, m = len(y_test), len(members)
+    met: dict[str, list[np.ndarray]] = {}
+    pred: dict[str, list[np.ndarray]] = {}
+
+    def add(table: dict[str, list[np.ndarray]], **columns: np.ndarray) -> None:
+        for key, value in columns.items():
+            table.setdefault(key, []).append(value)
+
+    for cp in checkpoints:
+        params = run.snapshots[cp]
+        logits = ens.forward(arch, params, ds.x_train)
+        test_logits = ens.forward(arch, params, ds.x_test)
+        loss = ens.member_losses(logits, y_onehot).double().cpu().numpy()
+        train_acc = datamod.accuracy(logits, ds.y_train).double().cpu().numpy()
+        test_acc = datamod.accuracy(test_logits, ds.y_test).double().cpu().numpy()
+        test_pred = test_logits.argmax(-1).cpu().numpy()
+        bad = (diverged_at > 0) & (diverged_at <= cp)
+        keep = ~bad
+        reason = [f"loss became non-finite at epoch {d}" if b else "" for b, d in zip(bad, diverged_at)]
+        add(
+            met, **members.rows(np.ones(m, bool), 1), epochs=np.full(m, cp),
+            loss=np.where(bad, np.nan, loss), train_acc=np.where(bad, np.nan, train_acc),
+            test_acc=np.where(bad, np.nan, test_acc), status=np.where(bad, "diverged", "ok"),
+            reason=np.array(reason, dtype=object),
+        )
+        k = int(keep.sum())
+        add(
+            pred, **members.rows(keep, n_test), epochs=np.full(k * n_test, cp),
+            point=np.tile(np.arange(n_test), k), label=np.tile(y_test, k), pred=test_pred[keep].reshape(-1),
+        )
+    return (
+        {key: np.concatenate(v) for key, v in met.items()},
+        {key: np.concatenate(v) for key, v in pred.items()},
+    )
+
+
+def _gradnorm_columns(
+    arch: ens.Architecture, ds: datamod.Dataset, stages: dict[str, torch.Tensor], members: _Members,
+    diverged_at: np.ndarray,
+) -> dict[str, Any]:
+    y_onehot = datamod.one_hot(ds.y_train, ds.n_classes)
+    n_layers, m = arch.depth + 1, len(members)
+    norms = []
+    for stage, params in stages.items():
+        g = ens.weight_grad_norms(arch, params, ds.x_train, y_onehot).double().cpu().numpy()
+        if stage == "final":
+            g[diverged_at > 0] = np.nan
+        norms.append(g.reshape(-1))
+    every = np.ones(m, bool)
+    return {
+        "lr": np.tile(members.rows(every, n_layers)["lr"], len(stages)),
+        "seed": np.tile(members.rows(every, n_layers)["seed"], len(stages)),
+        "stage": np.repeat(list(stages), m * n_layers),
+        "layer": np.tile(np.arange(n_layers), len(stages) * m),
+        "grad_norm": np.concatenate(norms),
+    }
+
+
+def _decision_columns(
+    arch: ens.Architecture, params: torch.Tensor, members: _Members, keep: np.ndarray,
+    grid_points: torch.Tensor,
+) -> dict[str, Any]:
+    logits = ens.forward(arch, params[torch.from_numpy(keep).to(params.device)], grid_points.to(params.device))
+    logits = logits.float().cpu().numpy()  # (kept members, points, classes)
+    k, p = logits.shape[:2]
+    pts = grid_points.numpy()
+    return {
+        **members.rows(keep, p), "x0": np.tile(pts[:, 0], k), "x1": np.tile(pts[:, 1], k),
+        **{f"logit_{c}": logits[:, :, c].reshape(-1) for c in range(arch.n_out)},
+    }
+
+
+def _train_shape(
+    ds: datamod.Dataset, shape: ShapePlan, seeds: list[int], momentum: float,
+    batch_size: int | None, device: torch.device, grid_points: torch.Tensor,
+) -> tuple[dict[str, dict[str, Any]], float, float]:
+    """Train one shape's ensemble; returns the columns of each table and the two timings."""
+    arch = ens.Architecture(ds.n_features, shape.width, shape.depth, ds.n_classes)
+    members = _Members(shape.lrs, seeds)
+    params0 = ens.init_params(arch, members.seed.tolist(), device)
+
+    def train(epochs: int, checkpoints: tuple[int, ...]) -> ens.EnsembleRun:
+        return ens.train_ensemble(
+            arch, params0, ds.x_train, ds.y_train, members.lr.tolist(), epochs, checkpoints,
+            momentum=momentum, batch_size=batch_size, shuffle_seeds=members.seed.tolist(),
+        )
+
+    train(min(WARMUP_EPOCHS, shape.max_epochs), ())
+    run = train(shape.max_epochs, shape.checkpoints)
+    loop_epochs = min(shape.max_epochs, LOOP_TIMING_EPOCHS)
+    loop_time = _time_loop(arch, ds, seeds[0], shape.lrs[0], loop_epochs, momentum, batch_size, device)
+
+    diverged_at = run.diverged_at.cpu().numpy()
+    final = run.snapshots[shape.max_epochs]
+    metrics, predictions = _checkpoint_columns(arch, ds, run, members, shape.checkpoints, diverged_at)
+    cols = {
+        "losses": _loss_columns(run, members),
+        "metrics": metrics,
+        "predictions": predictions,
+        "gradnorms": _gradnorm_columns(arch, ds, {"init": params0, "final": final}, members, diverged_at),
+        "decision": _decision_columns(arch, final, members, diverged_at == 0, grid_points),
+    }
+    ids = {"width": shape.width, "depth": shape.depth}
+    return {name: {**ids, **c} for name, c in cols.items()}, run.time_s, loop_time
+
+
+def _timing_row(
+    host: str, dataset: str, device: str, shape: ShapePlan, method: str, n_members: int,
+    epochs: int, *, threads: int, time_s: float,
+) -> dict[str, Any]:
+    return {
+        "host": host, "dataset": dataset, "device": device, "width": shape.width, "depth": shape.depth,
+        "n_members": n_members, "epochs_trained": epochs, "threads": threads, "method": method,
+        "time_s": time_s, "time_per_epoch_s": time_s / epochs,
+        "time_per_member_epoch_s": time_s / epochs / n_members, "status": "ok", "reason": "",
+    }
+
+
+def run_training_job(
+    dataset_name: str,
+    dataset_cfg: Mapping[str, Any],
+    device: str,
+    threads: int,
+    decision_grid: Mapping[str, Any],
+) -> dict[str, pd.DataFrame]:
+    """Train every shape the dataset's config plans, on one device; return the job's tables.
+
+    Keys: losses, metrics, predictions, timings, gradnorms, decision (the file stems of
+    ``results/train/{dataset}/{device}/``). Without CUDA a "cuda" job returns "unavailable"
+    rows instead of raising. torch's intra-op threads are set to ``threads`` for the job and
+    restored afterwards.
+    """
+    validate_device(device)
+    validate_dataset_cfg(dataset_name, dataset_cfg)
+    threads = validate_threads(threads)
+    resolution, margin = validate_decision_grid(decision_grid)
+    plan = plan_shapes(dataset_cfg, dataset_name)
+    seeds = resolve_seeds(dataset_cfg["seeds"], dataset_name)
+    momentum = float(dataset_cfg.get("momentum") or 0.0)
+    batch_size = dataset_cfg.get("batch_size")
+    ds_cpu = datamod.load(dataset_name, dataset_cfg)
+
+    reason = cuda_unavailable_reason() if device == "cuda" else None
+    if reason is not None:
+        return _unavailable_tables(dataset_name, device, plan, len(seeds), threads, reason, ds_cpu.n_classes)
+
+    logit_cols = [f"logit_{c}" for c in range(ds_cpu.n_classes)]
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in COLUMNS if name != "timings"}
+    timing_rows = []
+    host = socket.gethostname()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+        ds = ds_cpu.to(dev)
+        grid_points = _decision_points(ds_cpu, resolution, margin)
+        for shape in plan:
+            cols, ens_time, loop_time = _train_shape(ds, shape, seeds, momentum, batch_size, dev, grid_points)
+            for name, columns in cols.items():
+                columns = {"dataset": dataset_name, "device": device, **columns}
+                frames[name].append(_frame(name, columns, logit_cols if name == "decision" else []))
+            n_members = len(seeds) * len(shape.lrs)
+            loop_epochs = min(shape.max_epochs, LOOP_TIMING_EPOCHS)
+            row = functools.partial(_timing_row, host, dataset_name, device, shape, threads=threads)
+            timing_rows += [
+                row("ensemble", n_members, shape.max_epochs, time_s=ens_time),
+                row("loop", 1, loop_epochs, time_s=loop_time),
+            ]
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    tables = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
+    tables["timings"] = _frame("timings", pd.DataFrame(timing_rows).to_dict("list"))
+    return tables

@@ -1,0 +1,263 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mlpbench import data
+from mlpbench.grid import ShapePlan, plan_shapes, resolve_seeds, validate_dataset_cfg
+from mlpbench.io import write_parquet_atomic
+from mlpbench.models import MLP
+from mlpbench.training import COLUMNS, lesson_loop, run_training_job
+
+DEFAULT_TOY = {
+    "mode": "sweep",
+    "baseline": {"epochs": 1000, "width": 4, "depth": 1, "lr": 0.001},
+    "epochs": [1000, 2000, 5000, 10000],
+    "width": [4, 8, 16, 32, 64],
+    "depth": [1, 2, 3, 4, 6],
+    "lr": [0.001],
+    "seeds": 16,
+    "momentum": 0.0,
+    "batch_size": None,
+}
+
+# Small enough for a unit test, still a sweep with an epochs axis, a width and a depth variant.
+SMALL = {
+    "mode": "sweep",
+    "baseline": {"epochs": 20, "width": 4, "depth": 1, "lr": 0.05},
+    "epochs": [10, 20, 30],
+    "width": [4, 8],
+    "depth": [1, 2],
+    "lr": [0.05, 0.1],
+    "seeds": 3,
+}
+GRID = {"resolution": 5, "margin": 1.0}
+
+
+def test_lesson_loop_records_the_loss_before_each_step():
+    ds = data.toy()
+    torch.manual_seed(0)
+    net = MLP(2, 4, 1, 3)
+    y = data.one_hot(ds.y_train, 3)
+    initial = torch.nn.CrossEntropyLoss()(net(ds.x_train), y).item()
+    losses = lesson_loop(net, ds.x_train, y, n_epochs=200, lr=0.1)
+    assert losses.dtype == np.float32 and losses.shape == (200,)
+    assert losses[0] == pytest.approx(initial)
+    assert losses[-1] < losses[0]
+
+
+def test_plan_of_the_default_toy_sweep():
+    plan = plan_shapes(DEFAULT_TOY, "toy")
+    shapes = [(p.width, p.depth) for p in plan]
+    assert shapes == [(4, 1), (4, 2), (4, 3), (4, 4), (4, 6), (8, 1), (16, 1), (32, 1), (64, 1)]
+    baseline = plan[0]
+    assert baseline == ShapePlan(4, 1, 10000, (1000, 2000, 5000, 10000), (0.001,))
+    for p in plan[1:]:
+        assert (p.max_epochs, p.checkpoints, p.lrs) == (1000, (1000,), (0.001,))
+
+
+def test_sweep_varies_lr_only_on_the_baseline_shape_and_grid_is_the_product():
+    cfg = dict(SMALL, baseline={"epochs": 20, "width": 16, "depth": 3, "lr": 0.05})
+    plan = {(p.width, p.depth): p for p in plan_shapes(cfg)}
+    assert set(plan) == {(16, 3), (4, 3), (8, 3), (16, 1), (16, 2)}
+    assert plan[(16, 3)].lrs == (0.05, 0.1) and plan[(16, 3)].checkpoints == (10, 20, 30)
+    assert plan[(4, 3)].lrs == (0.05,) and plan[(4, 3)].checkpoints == (20,)
+    grid = plan_shapes(dict(cfg, mode="grid"))
+    assert [(p.width, p.depth) for p in grid] == [(4, 1), (4, 2), (8, 1), (8, 2)]
+    assert all(p.checkpoints == (10, 20, 30) and p.lrs == (0.05, 0.1) and p.max_epochs == 30 for p in grid)
+
+
+def test_seeds_count_or_list():
+    assert resolve_seeds(3) == [0, 1, 2]
+    assert resolve_seeds([5, 1]) == [5, 1]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "bad"),
+    [
+        ({"width": [4, 0]}, "train.datasets.toy.width", "0"),
+        ({"depth": [-1]}, "train.datasets.toy.depth", "-1"),
+        ({"epochs": [0]}, "train.datasets.toy.epochs", "0"),
+        ({"lr": [0.0]}, "train.datasets.toy.lr", "0.0"),
+        ({"lr": [-0.1]}, "train.datasets.toy.lr", "-0.1"),
+        ({"width": []}, "train.datasets.toy.width", r"\[\]"),
+        ({"seeds": []}, "train.datasets.toy.seeds", r"\[\]"),
+        ({"seeds": 0}, "train.datasets.toy.seeds", "0"),
+        ({"seeds": [1, 1]}, "train.datasets.toy.seeds", r"\[1, 1\]"),
+        ({"mode": "random"}, "train.datasets.toy.mode", "'random'"),
+        ({"baseline": {"epochs": 20, "width": 0, "depth": 1, "lr": 0.1}}, "train.datasets.toy.baseline.width", "0"),
+        ({"baseline": None}, "train.datasets.toy.baseline", "None"),
+        ({"momentum": 1.5}, "train.datasets.toy.momentum", "1.5"),
+        ({"batch_size": 0}, "train.datasets.toy.batch_size", "0"),
+        ({"epoch": [10]}, "train.datasets.toy", "epoch"),
+        ({"data": {"n_samples": 100}}, "train.datasets.toy.data", "n_samples"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(change, field, bad):
+    cfg = dict(SMALL, **change)
+    with pytest.raises(ValueError, match=rf"{field}: .*{bad}.*allowed"):
+        validate_dataset_cfg("toy", cfg)
+    with pytest.raises(ValueError, match=field):  # the job refuses before training anything
+        run_training_job("toy", cfg, "cpu", 1, GRID)
+
+
+def test_bad_dataset_device_threads_and_grid_are_rejected():
+    with pytest.raises(ValueError, match=r"'mnist'.*allowed: toy, blobs"):
+        run_training_job("mnist", SMALL, "cpu", 1, GRID)
+    with pytest.raises(ValueError, match=r"train.devices: got 'tpu'; allowed: cpu, cuda"):
+        run_training_job("toy", SMALL, "tpu", 1, GRID)
+    with pytest.raises(ValueError, match=r"train.threads: got 0"):
+        run_training_job("toy", SMALL, "cpu", 0, GRID)
+    with pytest.raises(ValueError, match=r"resolution: got 1"):
+        run_training_job("toy", SMALL, "cpu", 1, {"resolution": 1, "margin": 1.0})
+    with pytest.raises(ValueError, match=r"blobs.data.test_size: got 1.5"):
+        validate_dataset_cfg("blobs", dict(SMALL, data={"test_size": 1.5}))
+
+
+@pytest.fixture(scope="module")
+def toy_job():
+    return run_training_job("toy", SMALL, "cpu", 1, GRID)
+
+
+def test_job_tables_have_the_contract_columns(toy_job):
+    assert set(toy_job) == {"losses", "metrics", "predictions", "timings", "gradnorms", "decision"}
+    for name, df in toy_job.items():
+        extra = ["logit_0", "logit_1", "logit_2"] if name == "decision" else []
+        assert list(df.columns) == COLUMNS[name] + extra, name
+        assert len(df) > 0, name
+    assert toy_job["losses"]["loss"].dtype == np.float64
+    assert toy_job["decision"]["logit_0"].dtype == np.float32
+    assert (toy_job["metrics"]["status"] == "ok").all()
+
+
+def test_job_rows_follow_the_plan(toy_job):
+    plan = plan_shapes(SMALL)
+    losses, metrics = toy_job["losses"], toy_job["metrics"]
+    n_seeds, n_test, n_grid = 3, 3, GRID["resolution"] ** 2
+    assert len(losses) == sum(p.max_epochs * len(p.lrs) * n_seeds for p in plan)
+    assert len(metrics) == sum(len(p.checkpoints) * len(p.lrs) * n_seeds for p in plan)
+    assert len(toy_job["predictions"]) == len(metrics) * n_test
+    assert len(toy_job["gradnorms"]) == sum(2 * (p.depth + 1) * len(p.lrs) * n_seeds for p in plan)
+    assert len(toy_job["decision"]) == sum(len(p.lrs) * n_seeds for p in plan) * n_grid
+    base = metrics[(metrics.width == 4) & (metrics.depth == 1)]
+    assert sorted(base.epochs.unique()) == [10, 20, 30] and sorted(base.lr.unique()) == [0.05, 0.1]
+    assert sorted(metrics[metrics.width == 8].epochs.unique()) == [20]
+    timings = toy_job["timings"]
+    assert len(timings) == 2 * len(plan) and set(timings.method) == {"ensemble", "loop"}
+    assert (timings.threads == 1).all() and (timings.time_s > 0).all()
+    ens_rows = timings[timings.method == "ensemble"]
+    per_member_epoch = ens_rows.time_s / ens_rows.epochs_trained / ens_rows.n_members
+    np.testing.assert_allclose(ens_rows.time_per_member_epoch_s, per_member_epoch)
+
+
+def test_job_numbers_are_consistent(toy_job):
+    losses, metrics, preds = toy_job["losses"], toy_job["metrics"], toy_job["predictions"]
+    key = ["width", "depth", "lr", "seed"]
+    # The checkpoint's loss is the loss the next epoch starts from.
+    nxt = losses.assign(epochs=losses.epoch - 1).rename(columns={"loss": "next_loss"})
+    joined = metrics.merge(nxt[[*key, "epochs", "next_loss"]], on=[*key, "epochs"])
+    assert len(joined) > 0
+    np.testing.assert_allclose(joined.loss, joined.next_loss, rtol=1e-6)
+    # Test accuracy is the share of right predictions.
+    acc = preds.assign(right=preds.label == preds.pred).groupby([*key, "epochs"]).right.mean()
+    merged = metrics.set_index([*key, "epochs"]).test_acc
+    np.testing.assert_allclose(merged.loc[acc.index], acc)
+    assert set(preds.label) == {0, 1, 2} and preds.point.max() == 2
+    grads = toy_job["gradnorms"]
+    assert set(grads.stage) == {"init", "final"} and (grads.grad_norm > 0).all()
+    assert grads[grads.depth == 2].layer.max() == 2
+
+
+def test_job_members_match_the_lesson_loop(toy_job):
+    losses = toy_job["losses"]
+    ds = data.toy()
+    torch.manual_seed(2)
+    ref = lesson_loop(MLP(2, 8, 1, 3), ds.x_train, data.one_hot(ds.y_train, 3), 20, 0.05)
+    got = losses[(losses.width == 8) & (losses.seed == 2)].sort_values("epoch").loss.to_numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_job_reruns_are_identical_bytes(toy_job, tmp_path):
+    again = run_training_job("toy", SMALL, "cpu", 1, GRID)
+    for name in COLUMNS:
+        if name == "timings":
+            continue
+        pd.testing.assert_frame_equal(toy_job[name], again[name])
+        write_parquet_atomic(toy_job[name], tmp_path / f"a_{name}.parquet")
+        write_parquet_atomic(again[name], tmp_path / f"b_{name}.parquet")
+        assert (tmp_path / f"a_{name}.parquet").read_bytes() == (tmp_path / f"b_{name}.parquet").read_bytes()
+
+
+def test_job_sets_and_restores_threads():
+    before = torch.get_num_threads()
+    cfg = dict(SMALL, mode="grid", width=[4], depth=[1], epochs=[5], lr=[0.1], seeds=2)
+    tables = run_training_job("toy", cfg, "cpu", 2, GRID)
+    assert (tables["timings"].threads == 2).all()
+    assert torch.get_num_threads() == before
+
+
+def test_job_records_divergence_without_crashing():
+    cfg = dict(SMALL, mode="grid", width=[4], depth=[1], epochs=[5, 100], lr=[0.001, 100.0], seeds=3)
+    tables = run_training_job("toy", cfg, "cpu", 1, GRID)
+    m = tables["metrics"]
+    late = m[m.epochs == 100]
+    assert (late[late.lr == 100.0].status == "diverged").all()
+    assert late[late.lr == 100.0].reason.str.contains("non-finite at epoch").all()
+    assert late[late.lr == 100.0].test_acc.isna().all()
+    assert (m[m.lr == 0.001].status == "ok").all() and m[m.lr == 0.001].test_acc.notna().all()
+    assert (m[(m.lr == 100.0) & (m.epochs == 5)].status == "ok").all()  # not yet diverged at epoch 5
+    preds = tables["predictions"]
+    assert preds[(preds.lr == 100.0) & (preds.epochs == 100)].empty
+    assert set(tables["decision"].lr) == {0.001}
+    final = tables["gradnorms"][tables["gradnorms"].stage == "final"]
+    assert final[final.lr == 100.0].grad_norm.isna().all()
+
+
+def test_cuda_unavailable_gives_rows_not_a_crash(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tables = run_training_job("blobs", SMALL, "cuda", 1, GRID)
+    plan = plan_shapes(SMALL)
+    for name in ("metrics", "timings"):
+        df = tables[name]
+        assert list(df.columns) == COLUMNS[name]
+        assert len(df) == len(plan) and (df.status == "unavailable").all()
+        assert (df.reason == "CUDA unavailable: torch.cuda.is_available() is False").all()
+        assert sorted(zip(df.width, df.depth)) == [(p.width, p.depth) for p in plan]
+    assert tables["metrics"].seed.isna().all()
+    assert list(tables["metrics"].epochs) == [p.max_epochs for p in plan]
+    for name in ("losses", "predictions", "gradnorms", "decision"):
+        assert tables[name].empty
+    assert list(tables["decision"].columns) == COLUMNS["decision"] + [f"logit_{c}" for c in range(4)]
+
+
+def test_blobs_job_with_mini_batches_and_momentum():
+    cfg = dict(SMALL, mode="grid", width=[8], depth=[2], epochs=[3, 6], lr=[0.05], seeds=[4, 9],
+               momentum=0.9, batch_size=64, data={"n_samples": 200})
+    tables = run_training_job("blobs", cfg, "cpu", 1, GRID)
+    assert (tables["metrics"].status == "ok").all()
+    assert len(tables["losses"]) == 6 * 2 and sorted(tables["losses"].seed.unique()) == [4, 9]
+    assert len(tables["predictions"]) == 2 * 2 * 80  # checkpoints x seeds x test points
+    assert [c for c in tables["decision"].columns if c.startswith("logit_")] == [f"logit_{c}" for c in range(4)]
+    ds = data.load("blobs", cfg)
+    torch.manual_seed(9)
+    gen = torch.Generator().manual_seed(9)
+    ref = lesson_loop(MLP(2, 8, 2, 4), ds.x_train, data.one_hot(ds.y_train, 4), 6, 0.05, 0.9, 64, gen)
+    got = tables["losses"].query("seed == 9").sort_values("epoch").loss.to_numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
+def test_job_does_not_modify_its_config():
+    cfg = copy.deepcopy(SMALL)
+    run_training_job("toy", dict(cfg, mode="grid", width=[4], depth=[1], epochs=[2], seeds=1), "cpu", 1, GRID)
+    assert cfg == SMALL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable")
+def test_cuda_job_runs_and_agrees_with_cpu():
+    cfg = dict(SMALL, mode="grid", width=[8], depth=[2], epochs=[50], lr=[0.05], seeds=4)
+    cpu = run_training_job("blobs", cfg, "cpu", 1, GRID)
+    gpu = run_training_job("blobs", cfg, "cuda", 1, GRID)
+    assert (gpu["metrics"].status == "ok").all() and (gpu["timings"].status == "ok").all()
+    np.testing.assert_allclose(gpu["losses"].loss, cpu["losses"].loss, rtol=0, atol=1e-4)
