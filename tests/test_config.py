@@ -20,17 +20,17 @@ def first_error(config: dict) -> str:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ({"train": {"datasets": {"toy": {"width": [0]}}}}, ["train.datasets.toy.width[0]", "0", ">= 1"]),
-        ({"train": {"datasets": {"toy": {"depth": [-1]}}}}, ["train.datasets.toy.depth[0]", "-1", ">= 1"]),
-        ({"train": {"datasets": {"toy": {"epochs": [0]}}}}, ["epochs[0]", ">= 1"]),
-        ({"train": {"datasets": {"toy": {"lr": [0]}}}}, ["lr[0]", "> 0"]),
-        ({"train": {"datasets": {"toy": {"width": []}}}}, ["train.datasets.toy.width", "at least 1"]),
-        ({"train": {"datasets": {"mnist": {}}}}, ["mnist", "toy", "blobs"]),
+        ({"train": {"experiments": {"toy": {"width": [0]}}}}, ["train.experiments.toy.width[0]", "0", ">= 1"]),
+        ({"train": {"experiments": {"toy": {"depth": [-1]}}}}, ["train.experiments.toy.depth[0]", "-1", ">= 1"]),
+        ({"train": {"experiments": {"toy": {"epochs": [0]}}}}, ["epochs[0]", ">= 1"]),
+        ({"train": {"experiments": {"toy": {"lr": [0]}}}}, ["lr[0]", "> 0"]),
+        ({"train": {"experiments": {"toy": {"width": []}}}}, ["train.experiments.toy.width", "at least 1"]),
+        ({"train": {"datasets": ["mnist"]}}, ["mnist", "toy", "blobs"]),
         ({"train": {"devices": ["gpu"]}}, ["train.devices[0]", '"gpu"', "'cpu', 'cuda'"]),
         ({"matmul": {"dtypes": ["float16"]}}, ["matmul.dtypes[0]", "float32", "float64"]),
-        ({"train": {"datasets": {"toy": {"widht": [8]}}}}, ["'widht'", "width"]),
-        ({"train": {"datasets": {"toy": {"data": {}}}}}, ["'data'"]),
-        ({"train": {"datasets": {"toy": {"seeds": 0}}}}, ["seeds", "integer n >= 1"]),
+        ({"train": {"experiments": {"toy": {"widht": [8]}}}}, ["'widht'", "width"]),
+        ({"train": {"experiments": {"toy": {"data": {}}}}}, ["'data'"]),
+        ({"train": {"experiments": {"toy": {"seeds": 0}}}}, ["seeds", "integer n >= 1"]),
         ({"matmul": {"min_run_time_s": 0}}, ["matmul.min_run_time_s", "> 0"]),
     ],
 )
@@ -45,10 +45,11 @@ def test_defaults_are_the_lessons():
 
     config: dict = {}
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    toy = config["train"]["datasets"]["toy"]
+    toy = config["train"]["experiments"]["toy"]
     assert toy["baseline"] == {"epochs": 1000, "width": 4, "depth": 1, "lr": 0.001}
     assert toy["batch_size"] is None and toy["momentum"] == 0.0
-    blobs = config["train"]["datasets"]["blobs"]["data"]
+    assert config["train"]["datasets"] == ["toy", "blobs"]
+    blobs = config["train"]["experiments"]["blobs"]["data"]
     assert blobs == {"n_samples": 400, "centers": 4, "cluster_std": 2.0, "random_state": 10,
                      "test_size": 0.4, "split_random_state": 2}
     assert config["matmul"]["lesson_case"] == {"m": 1, "k": 6400, "n": 5000}
@@ -68,8 +69,8 @@ def test_helpers():
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     work = copy_pipeline(tmp_path)
-    (work / "bad.yaml").write_text("train:\n  datasets:\n    toy:\n      width: [0]\n")
+    (work / "bad.yaml").write_text("train:\n  experiments:\n    toy:\n      width: [0]\n")
     result = snakemake(work, "--cores", "1", "--configfile", "bad.yaml")
     assert result.returncode != 0
-    assert "invalid config at 'train.datasets.toy.width[0]'" in result.stderr + result.stdout
+    assert "invalid config at 'train.experiments.toy.width[0]'" in result.stderr + result.stdout
     assert not (work / "results").exists()

@@ -12,25 +12,27 @@ rule aggregate:
     conda:
         "../envs/mlpbench.yaml"
     params:
-        train_cfg=config["train"],
+        train_cfg={"datasets": selected_experiments()},
     script:
         "../../scripts/aggregate.py"
 
 
-rule figure:
+# One job draws every figure: importing matplotlib and pandas costs more than drawing one.
+rule figures:
     input:
         summary_tables(),
     output:
-        report(
-            "results/figures/{name}.png",
-            caption="../report/{name}.rst",
-            category=lambda wildcards: FIGURES[wildcards.name],
-        ),
+        [
+            report(
+                f"results/figures/{name}.png",
+                caption=f"../report/{name}.rst",
+                category=category,
+            )
+            for name, category in FIGURES.items()
+        ],
     log:
-        "logs/figures/{name}.log",
-    wildcard_constraints:
-        name="|".join(FIGURES),
+        "logs/figures.log",
     conda:
         "../envs/mlpbench.yaml"
     script:
-        "../../scripts/figure.py"
+        "../../scripts/figures.py"

@@ -72,13 +72,22 @@ def matmul_files():
 def train_dirs():
     return expand(
         "results/train/{dataset}/{device}",
-        dataset=list(config["train"]["datasets"]),
+        dataset=config["train"]["datasets"],
         device=config["train"]["devices"],
     )
 
 
 def train_files():
     return [f"{d}/{table}.parquet" for d in train_dirs() for table in TRAIN_TABLES]
+
+
+def experiment(dataset):
+    return config["train"]["experiments"][dataset]
+
+
+def selected_experiments():
+    """The grids of the data sets this run trains on, by name."""
+    return {name: experiment(name) for name in config["train"]["datasets"]}
 
 
 def gpu_count(wildcards):

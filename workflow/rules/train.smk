@@ -18,7 +18,7 @@ rule train:
         timing=1,
         gpu=gpu_count,
     params:
-        cfg=lambda wildcards: config["train"]["datasets"][wildcards.dataset],
+        cfg=lambda wildcards: experiment(wildcards.dataset),
         decision_grid=config["train"]["decision_grid"],
     script:
         "../../scripts/train.py"

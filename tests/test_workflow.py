@@ -1,0 +1,170 @@
+"""The real pipeline, run by snakemake on the tiny config in a temporary copy of the workflow."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from workflow_helpers import REPO, TINY, copy_pipeline, snakemake
+
+CUDA = torch.cuda.is_available()
+TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "decision"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = copy_pipeline(tmp_path_factory.mktemp("pipeline"))
+    shutil.copy(TINY, work / "tiny.yaml")
+    result = snakemake(work, "--cores", "2", "--configfile", "tiny.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
+def test_declared_names_match_the_library():
+    from mlpbench.figures import FIGURES
+    from mlpbench.tables import TABLE_NAMES
+
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    declared_tables = re.search(r"SUMMARY_TABLES = \[(.*?)\]", common, re.S).group(1)
+    assert re.findall(r'"(\w+)"', declared_tables) == list(TABLE_NAMES)
+    declared_figures = re.search(r"FIGURES = \{(.*?)\}", common, re.S).group(1)
+    assert re.findall(r'"(\w+)":', declared_figures) == list(FIGURES)
+    captions = {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")}
+    assert set(FIGURES) <= captions
+
+
+def test_noop_rerun_does_nothing(run):
+    result = snakemake(run, "--cores", "2", "--configfile", "tiny.yaml")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_snakemake_report(run):
+    result = snakemake(run, "--configfile", "tiny.yaml", "--report", "results/snakemake-report.html")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "results" / "snakemake-report.html").stat().st_size > 10_000
+
+
+def test_machine_record(run):
+    record = json.loads((run / "results" / "machine" / "test-machine.json").read_text())
+    for key in ("cpu_model", "physical_cores", "logical_cores", "threads", "blas", "gpu", "versions",
+                "git_commit", "config_hash"):
+        assert key in record
+    assert record["threads"] == 1
+    assert record["gpu"]["available"] is CUDA
+    assert {"python", "torch", "numpy", "pandas", "snakemake"} <= set(record["versions"])
+
+
+def test_matmul_tables(run):
+    cpu = pd.read_parquet(run / "results" / "matmul" / "cpu.parquet")
+    assert (cpu["status"] == "ok").all()
+    assert set(cpu["backend"]) == {"numpy", "torch"} and set(cpu["dtype"]) == {"float32", "float64"}
+    mm = cpu[cpu["kind"] == "matmul"]
+    # lesson case + 2 square + 1 gemv, per backend x dtype
+    assert len(mm) == 4 * 2 * 2
+    assert set(map(tuple, mm[["m", "k", "n"]].drop_duplicates().values)) == {
+        (1, 640, 500), (64, 64, 64), (128, 128, 128), (1, 256, 128)}
+    assert (cpu["threads"] == 1).all()
+    expected = 2 * mm["m"] * mm["k"] * mm["n"] / mm["time_s_median"] / 1e9
+    assert (abs(mm["gflop_s"] - expected) <= 1e-9 * expected).all()
+    assert (cpu[cpu["kind"] == "copy"]["gb_s"] > 0).all()
+
+    cuda = pd.read_parquet(run / "results" / "matmul" / "cuda.parquet")
+    if CUDA:
+        assert (cuda["status"] == "ok").all()
+    else:
+        assert (cuda["status"] == "unavailable").all()
+        assert cuda["reason"].str.contains("CUDA unavailable").all()
+        assert {"h2d", "d2h", "matmul"} <= set(cuda["kind"])
+
+
+def test_training_tables(run):
+    base = run / "results" / "train"
+    toy = pd.read_parquet(base / "toy" / "cpu" / "metrics.parquet")
+    # Sweep from the baseline (20 epochs, width 4, depth 1): the baseline shape at 20 and 50
+    # epochs, width 8 and depth 2 at the baseline's 20 epochs; 3 seeds each.
+    shapes = toy.groupby(["width", "depth"])["epochs"].unique().map(sorted).to_dict()
+    assert shapes == {(4, 1): [20, 50], (8, 1): [20], (4, 2): [20]}
+    assert len(toy) == (2 + 1 + 1) * 3 and (toy["status"] == "ok").all()
+    assert toy["test_acc"].between(0, 1).all()
+
+    blobs = pd.read_parquet(base / "blobs" / "cpu" / "metrics.parquet")
+    # Full grid: 2 widths x 2 depths x 2 epochs x 2 lrs x 2 seeds.
+    assert len(blobs) == 32
+    assert sorted(blobs["lr"].unique()) == [0.01, 0.1] and sorted(blobs["seed"].unique()) == [0, 1]
+
+    losses = pd.read_parquet(base / "toy" / "cpu" / "losses.parquet")
+    last = losses[(losses.width == 4) & (losses.depth == 1) & (losses.epoch == 50)]
+    assert len(last) == 3
+    assert losses.groupby(["width", "depth", "seed"])["epoch"].max().to_dict()[(4, 1, 0)] == 50
+
+    for dataset in ("toy", "blobs"):
+        metrics = pd.read_parquet(base / dataset / "cuda" / "metrics.parquet")
+        if CUDA:
+            assert (metrics["status"] == "ok").all()
+        else:
+            assert (metrics["status"] == "unavailable").all()
+            assert metrics["reason"].str.contains("CUDA unavailable").all()
+
+
+def test_cpu_training_rerun_is_byte_identical(run):
+    out = run / "results" / "train" / "toy" / "cpu"
+    before = {t: (out / f"{t}.parquet").read_bytes() for t in TRAIN_TABLES if t != "timings"}
+    result = snakemake(run, "--cores", "2", "--configfile", "tiny.yaml", "--forcerun", "train",
+                       "--until", "train")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for table, data in before.items():
+        assert (out / f"{table}.parquet").read_bytes() == data, table
+
+
+def test_aggregated_tables_and_figures(run):
+    tables = run / "results" / "tables"
+    summary = pd.read_parquet(tables / "train_summary.parquet")
+    toy_cpu = summary[(summary.dataset == "toy") & (summary.device == "cpu")]
+    assert len(toy_cpu) == 4 and (toy_cpu["n_seeds"] == 3).all()
+    assert pd.read_csv(tables / "train_summary.csv").shape == summary.shape
+    matmul = pd.read_parquet(tables / "matmul.parquet")
+    lesson_np64 = matmul[(matmul.case == "lesson") & (matmul.backend == "numpy")
+                         & (matmul.dtype == "float64") & (matmul.kind == "matmul")]
+    assert lesson_np64["speedup_vs_numpy_float64"].tolist() == [1.0]
+    for png in (run / "results" / "figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((run / "results" / "figures").glob("*.png"))) == 8
+
+
+def test_report_is_self_contained(run):
+    html = (run / "results" / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?https?://""", html)
+    assert "nbconvert" in html or "Quarto" in html
+    if not CUDA:
+        assert "CUDA unavailable" in html or "CUDA was unavailable" in html
+
+
+def test_changed_config_rebuilds_only_what_it_must_and_never_reads_stale_files(run, tmp_path):
+    # Drop blobs from the config: the aggregate must not pick up the old blobs files.
+    config = yaml.safe_load(TINY.read_text())
+    config["train"]["datasets"] = ["toy"]
+    (run / "toy_only.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(run, "--cores", "2", "--configfile", "toy_only.yaml", "--until", "aggregate",
+                       "--forcerun", "aggregate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = pd.read_parquet(run / "results" / "tables" / "train_summary.parquet")
+    assert set(summary["dataset"]) == {"toy"}
+    assert (run / "results" / "train" / "blobs" / "cpu" / "metrics.parquet").exists()
+
+
+def test_bad_config_after_a_run_loses_nothing(run):
+    metrics = run / "results" / "train" / "toy" / "cpu" / "metrics.parquet"
+    before = metrics.read_bytes(), metrics.stat().st_mtime_ns
+    (run / "bad.yaml").write_text("train:\n  devices: [gpu]\n")
+    result = snakemake(run, "--cores", "2", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    assert "invalid config at 'train.devices[0]'" in result.stdout + result.stderr
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == before
