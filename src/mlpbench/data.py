@@ -123,7 +123,7 @@ def load(name: str, cfg: Mapping[str, Any] | None = None) -> Dataset:
         unknown = sorted(set(data) - set(BLOBS_DEFAULTS))
         if unknown:
             raise ValueError(
-                f"train.datasets.blobs.data: unknown key(s) {unknown}; allowed: {sorted(BLOBS_DEFAULTS)}"
+                f"train.experiments.blobs.data: unknown key(s) {unknown}; allowed: {sorted(BLOBS_DEFAULTS)}"
             )
         return blobs(**data)
     raise ValueError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")

@@ -39,7 +39,7 @@ class ShapePlan(NamedTuple):
 
 
 def _prefix(name: str | None) -> str:
-    return f"train.datasets.{name}" if name else "train.datasets.<dataset>"
+    return f"train.experiments.{name}" if name else "train.experiments.<dataset>"
 
 
 def _is_int(value: Any) -> bool:
