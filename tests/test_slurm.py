@@ -4,8 +4,11 @@ A real single-node SLURM cluster (tests/slurm/cluster.sh: munged, slurmctld, slu
 packages, a stand-in GPU declared in gres.conf) runs the tiny config through
 ``--executor slurm`` with the project's profile, while the same config runs locally beside it.
 Checked: every stage table equals the local run's on every column that is not a time
-measurement; CUDA jobs asked SLURM for a GPU, were given one on the node and took the
-CUDA-unavailable path; timing jobs held their node exclusively; every daemon stops afterwards.
+measurement; CUDA jobs asked SLURM for a GPU in the GPU partition, were given one on the node
+and took the CUDA-unavailable path; timing jobs held their node exclusively; a machine without a
+`machine_id` gets its record although the node has another host name; every daemon stops.
+A dry run also checks, without a cluster, that the profile takes partition, account and GPU
+model from the environment.
 
 Opt-in, because it installs system packages and starts root daemons: set MLPBENCH_SLURM_TEST=1
 (CI does where it runs as root with apt reachable). Takes about a minute and a half.
@@ -14,9 +17,11 @@ Opt-in, because it installs system packages and starts root daemons: set MLPBENC
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlpbench.config import sanitise_id
 from workflow_helpers import REPO, TINY, copy_pipeline
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -259,6 +265,31 @@ def test_jobs_were_scheduled_as_the_profile_asks(runs):
     assert sorted(seen["matmul"]) == ["cpu", "cuda"]
     assert sorted(seen["train"]) == ["cpu", "cpu", "cuda", "cuda"]
     assert "machine" in seen
+
+
+@needs_cluster
+def test_unnamed_machine_is_named_by_the_submitting_host(tmp_path):
+    """With ``machine_id: null`` the record is named after the machine that runs Snakemake and
+    describes the node its job ran on, which has a host name of its own on a cluster."""
+    workdir = _pipeline_copy(tmp_path / "pipeline")
+    (workdir / "config" / "unnamed.yaml").write_text("machine_id: null\n")
+    target = f"results/machine/{sanitise_id(socket.gethostname())}.json"
+    cluster_dir = Path(tempfile.mkdtemp(prefix="mlpbench-slurm-"))
+    try:
+        done = subprocess.run(
+            [str(CLUSTER), "run", str(cluster_dir), "--", "timeout", "-k", "15", "180",
+             sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml",
+             "config/unnamed.yaml", "--workflow-profile", "workflow/profiles/slurm",
+             "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5", target],
+            cwd=workdir, capture_output=True, text=True, timeout=240,
+        )
+    finally:
+        subprocess.run([str(CLUSTER), "stop", str(cluster_dir)], capture_output=True)
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    record = json.loads((workdir / target).read_text())
+    if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0:
+        assert record["host"] == "mlpbench-node"  # the node's own name (tests/slurm/cluster.sh)
 
 
 @needs_cluster
