@@ -8,6 +8,8 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     record = collect(
         threads=snakemake.params.matmul_threads,  # noqa: F821
         config_hash=snakemake.params.config_hash,  # noqa: F821
+        config=snakemake.config,  # noqa: F821
+        explicit_id=snakemake.params.machine_id,  # noqa: F821
     )
     write_json_atomic(record, snakemake.output[0])  # noqa: F821
     log.info("machine record: %s", snakemake.output[0])  # noqa: F821

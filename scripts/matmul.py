@@ -13,6 +13,7 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
         threads=snakemake.threads,  # noqa: F821
         min_run_time_s=cfg["min_run_time_s"],
         bandwidth_mib=cfg["bandwidth_mib"],
+        log=log.info,
     )
     log.info("%d rows, status counts: %s", len(table), table["status"].value_counts().to_dict())
     write_parquet_atomic(table, snakemake.output[0])  # noqa: F821

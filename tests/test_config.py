@@ -6,7 +6,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from mlpbench.config import config_hash, explain, key_path, sanitise_id
+from mlpbench.config import config_hash, explain, key_path, machine_id
 from workflow_helpers import REPO, copy_pipeline, snakemake
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -62,7 +62,10 @@ def test_default_config_file_is_valid():
 
 def test_helpers():
     assert key_path(["a", "b", 0, "c"]) == "a.b[0].c"
-    assert sanitise_id("my host/01") == "my-host-01"
+    assert machine_id("lab-pc_1") == "lab-pc_1"
+    assert machine_id(None) and "/" not in machine_id(None)
+    with pytest.raises(ValueError, match="machine_id"):
+        machine_id("../etc")
     assert config_hash({"a": 1, "b": [2]}) == config_hash({"b": [2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
@@ -74,3 +77,13 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "invalid config at 'train.experiments.toy.width[0]'" in result.stderr + result.stdout
     assert not (work / "results").exists()
+
+
+def test_machine_id_defaults_to_a_sanitised_short_hostname(monkeypatch):
+    import mlpbench.config as cfg
+
+    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "My Host!.example.org")
+    assert machine_id(None) == "my-host"
+    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "...")
+    monkeypatch.setattr(cfg.platform, "node", lambda: "")
+    assert machine_id(None) == "unknown-host"

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import mlpbench.machine as machine
-from mlpbench.machine import BLAS_ENV_VARS, KEYS, collect, config_hash, machine_id
+from mlpbench.config import config_hash
+from mlpbench.machine import BLAS_ENV_VARS, KEYS, collect, machine_id
 
 CONFIG = {"matmul": {"dtypes": ["float32", "float64"], "threads": 2}, "machine_id": None}
 
@@ -130,14 +131,3 @@ def test_mismatched_hash_and_bad_threads_are_rejected():
         collect(1, "abc", CONFIG)
     with pytest.raises(ValueError, match=r"^threads: got 0; allowed: an integer >= 1"):
         collect(0, config_hash(CONFIG))
-
-
-def test_machine_id(monkeypatch):
-    assert machine_id("lab-pc_2.gpu") == "lab-pc_2.gpu"
-    with pytest.raises(ValueError, match=r"^machine_id: got '../etc'; allowed"):
-        machine_id("../etc")
-    monkeypatch.setattr(machine.socket, "gethostname", lambda: "My Host!.example.org")
-    assert machine_id(None) == "my-host"
-    monkeypatch.setattr(machine.socket, "gethostname", lambda: "...")
-    monkeypatch.setattr(machine.platform, "node", lambda: "")
-    assert machine_id(None) == "unknown-host"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
+import re
+import socket
 from typing import Any
 
 from jsonschema.exceptions import ValidationError
@@ -83,13 +86,23 @@ def find_validation_error(exc: BaseException) -> ValidationError | None:
 
 
 
+
 def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the effective config (defaults filled in)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 of the canonical JSON of the effective config (sorted keys, no whitespace)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def sanitise_id(name: str) -> str:
-    """A host name made safe for a file name."""
-    clean = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip(".-")
-    return clean or "machine"
+def machine_id(explicit: str | None = None) -> str:
+    """``explicit`` if given (checked: it names files), else the sanitised short hostname."""
+    if explicit is not None:
+        if not isinstance(explicit, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", explicit):
+            raise ValueError(
+                f"machine_id: got {explicit!r}; allowed: letters, digits, '.', '_', '-', "
+                "starting with a letter or digit"
+            )
+        return explicit
+    name = (socket.gethostname() or platform.node()).split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")
+    return name or "unknown-host"

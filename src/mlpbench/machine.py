@@ -6,12 +6,10 @@ missing GPU, git or package never stops the pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import re
-import socket
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
@@ -21,7 +19,10 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_info
 
-__all__ = ["BLAS_ENV_VARS", "KEYS", "collect", "config_hash", "machine_id"]
+from mlpbench.config import config_hash as _hash_of
+from mlpbench.config import machine_id
+
+__all__ = ["BLAS_ENV_VARS", "KEYS", "collect", "machine_id"]
 
 KEYS = (
     "host", "machine_id", "cpu_model", "physical_cores", "logical_cores", "usable_cores",
@@ -34,28 +35,6 @@ _PACKAGES = {  # key in the record -> distribution name (torch: its own __versio
     "numpy": "numpy", "pandas": "pandas", "snakemake": "snakemake",
     "sklearn": "scikit-learn", "matplotlib": "matplotlib", "threadpoolctl": "threadpoolctl",
 }
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the canonical JSON of ``config`` (sorted keys, no whitespace)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                           allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def machine_id(explicit: str | None = None) -> str:
-    """``explicit`` if given (checked: it names files), else the sanitised short hostname."""
-    if explicit is not None:
-        if not isinstance(explicit, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*",
-                                                             explicit):
-            raise ValueError(
-                f"machine_id: got {explicit!r}; allowed: letters, digits, '.', '_', '-', "
-                "starting with a letter or digit"
-            )
-        return explicit
-    name = (socket.gethostname() or platform.node()).split(".")[0].lower()
-    name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")
-    return name or "unknown-host"
 
 
 def collect(
@@ -100,7 +79,6 @@ def collect(
     return record
 
 
-_hash_of = config_hash  # the parameter of collect() shadows the function
 
 
 # --- CPU ---------------------------------------------------------------------------------------

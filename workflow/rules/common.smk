@@ -1,12 +1,11 @@
 import os
-import socket
 from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from mlpbench.config import config_hash, explain, find_validation_error, sanitise_id
+from mlpbench.config import config_hash, explain, find_validation_error, machine_id
 
 min_version("9.0")
 
@@ -23,7 +22,7 @@ except WorkflowError as err:
     raise WorkflowError(explain(found, yaml.safe_load(SCHEMA.read_text()))) from None
 
 CONFIG_HASH = config_hash(config)
-MACHINE_ID = config["machine_id"] or sanitise_id(socket.gethostname())
+MACHINE_ID = machine_id(config["machine_id"])
 TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "decision"]
 # Names of the aggregated tables and figures, spelled out here so that building the DAG does not
 # import pandas or matplotlib; tests/test_workflow.py checks them against mlpbench.tables/figures.

@@ -7,6 +7,7 @@ rule machine:
         "../envs/mlpbench.yaml"
     params:
         config_hash=CONFIG_HASH,
+        machine_id=MACHINE_ID,
         matmul_threads=matmul_threads(),
     script:
         "../../scripts/machine.py"
