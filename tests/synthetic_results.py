@@ -164,6 +164,28 @@ def _loss_curve(seed: int, width: int, depth: int, epochs: int, dataset: str) ->
     return floor + (np.log(DATASETS[dataset]) - floor) * np.exp(-rate * e)
 
 
+def decision_logits(n_classes: int, seed: int, epochs: int) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """x0, x1 and logits of a GRID x GRID decision grid: class c wins around angle 2*pi*c/C,
+    turned by the seed and, so checkpoints differ visibly, by the epoch count."""
+    axis = np.linspace(-3, 3, GRID)
+    x0, x1 = np.meshgrid(axis, axis)
+    angle = np.arctan2(x1.ravel(), x0.ravel()) + 0.1 * seed + 0.03 * epochs
+    centres = 2 * np.pi * np.arange(n_classes) / n_classes
+    logits = np.cos(angle[:, None] - centres[None, :]).astype("float32")
+    return x0.ravel().astype("float32"), x1.ravel().astype("float32"), logits
+
+
+def decision_block(dataset: str, device: str, width: int, depth: int, lr: float, seed: int,
+                   epochs: int) -> dict[str, Any]:
+    n_classes = DATASETS[dataset]
+    x0, x1, logits = decision_logits(n_classes, seed, epochs)
+    dec = {"dataset": dataset, "device": device, "width": width, "depth": depth, "lr": lr,
+           "seed": seed, "epochs": epochs, "x0": x0, "x1": x1}
+    dec.update({f"logit_{c}": logits[:, c] for c in range(n_classes)})
+    return dec
+
+
 def train_frames(dataset: str, device: str, available: bool,
                  diverged: bool) -> dict[str, pd.DataFrame]:
     """The six tables of one training job (``diverged``: seed 2 of width 8 blows up)."""
@@ -232,22 +254,17 @@ def train_frames(dataset: str, device: str, available: bool,
                                                 "width": width, "depth": depth, "lr": lr,
                                                 "seed": seed, "stage": stage, "layer": layer,
                                                 "grad_norm": float("nan") if blows_up else norm})
-            axis = np.linspace(-3, 3, GRID)
-            x0, x1 = np.meshgrid(axis, axis)
-            angle = np.arctan2(x1.ravel(), x0.ravel()) + 0.1 * seed
-            centres = 2 * np.pi * np.arange(n_classes) / n_classes
-            logits = np.cos(angle[:, None] - centres[None, :]).astype("float32")
-            dec = {"dataset": dataset, "device": device, "width": width, "depth": depth,
-                   "lr": lr, "seed": seed, "x0": x0.ravel().astype("float32"),
-                   "x1": x1.ravel().astype("float32")}
-            dec.update({f"logit_{c}": logits[:, c] for c in range(n_classes)})
-            tables["decision"].append(dec)
+            for epochs in checkpoints(width, depth):
+                if blows_up:
+                    continue
+                tables["decision"].append(decision_block(dataset, device, width, depth, lr,
+                                                         seed, epochs))
     frames = {k: pd.DataFrame(v) for k, v in tables.items() if k != "decision"}
     frames["decision"] = (pd.concat([pd.DataFrame(d) for d in tables["decision"]],
                                     ignore_index=True)
                           if tables["decision"] else
                           pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
-                                                "x0", "x1"]))
+                                                "epochs", "x0", "x1"]))
     return frames
 
 

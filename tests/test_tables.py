@@ -20,6 +20,8 @@ from mlpbench.tables import (
 )
 from synthetic_results import (
     CUDA_REASON,
+    DATASETS,
+    decision_logits,
     load_points,
     machine_info,
     matmul_frame,
@@ -59,7 +61,7 @@ def _write_train_dir(d: Path, metrics: pd.DataFrame, losses=None, timings=None, 
         "gradnorms": pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
                                            "stage", "layer", "grad_norm"]),
         "decision": pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
-                                          "x0", "x1"]),
+                                          "epochs", "x0", "x1"]),
         "predictions": pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr",
                                              "seed", "epochs", "point", "label", "pred"]),
     }
@@ -262,16 +264,76 @@ def test_decision_regions_and_points_from_the_synthetic_run(tmp_path):
     d = tables["decision_regions"]
     assert set(d["dataset"]) == {"toy", "blobs"}
     assert set(d["device"]) == {"cpu"}
-    for dataset, n_classes in (("toy", 3), ("blobs", 4)):
+    for dataset, n_classes in DATASETS.items():
         roles = d[d["dataset"] == dataset].groupby("role")
         assert set(roles.groups) == {"baseline", "best"}
-        base = roles.get_group("baseline")
-        # The baseline shape is drawn at its last checkpoint; pred is a class of this dataset.
-        assert (base["width"].unique(), base["epochs"].unique()) == ([4], [40])
-        assert d[d["dataset"] == dataset]["pred"].between(0, n_classes - 1).all()
+        # The lesson's network at the lesson's epochs, not after the longest training; the
+        # best variant here is the same shape trained longer, at its own checkpoint.
+        for role, epochs in (("baseline", 20), ("best", 40)):
+            g = roles.get_group(role)
+            assert (g["width"].unique(), g["depth"].unique(), g["epochs"].unique()) == (
+                [4], [1], [epochs])
+            (seed,) = g["seed"].unique()
+            _, _, logits = decision_logits(n_classes, seed, epochs)
+            assert list(g["pred"]) == list(logits.argmax(axis=1))
     p = tables["data_points"]
     assert set(p["split"]) == {"train", "test"}
     assert len(p[p["dataset"] == "toy"]) == 15
+
+
+def _constant_grid(width: int, epochs: int, seeds: int, winner: int) -> pd.DataFrame:
+    """A 2 x 2 decision grid of toy (3 classes) on which class ``winner`` wins everywhere."""
+    rows = []
+    for seed in range(seeds):
+        for x0, x1 in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
+            logits = {f"logit_{c}": np.float32(1.0 if c == winner else 0.0) for c in range(3)}
+            rows.append({"dataset": "toy", "device": "cpu", "width": width, "depth": 1,
+                         "lr": 0.001, "seed": seed, "epochs": epochs, "x0": np.float32(x0),
+                         "x1": np.float32(x1), **logits})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("longer_is_best", [False, True])
+def test_decision_regions_pick_each_network_at_its_own_checkpoint(tmp_path, longer_is_best):
+    # Baseline: width 4 at 1000 epochs (class 0 wins on its grid); the same shape at 2000
+    # epochs (class 1) and width 8 at 1000 epochs (class 2) are the candidates for "best".
+    long_acc = [1.0, 1.0, 1.0] if longer_is_best else [2 / 3, 2 / 3, 1 / 3]
+    metrics = pd.concat([
+        _metrics("toy", "cpu", 4, 1, 1000, [0.9, 0.8, 0.7], [1 / 3, 1 / 3, 2 / 3]),
+        _metrics("toy", "cpu", 4, 1, 2000, [0.2, 0.3, 0.4], long_acc),
+        _metrics("toy", "cpu", 8, 1, 1000, [0.5, 0.4, 0.6], [2 / 3, 1.0, 2 / 3]),
+    ], ignore_index=True)
+    d = _write_train_dir(tmp_path / "train/toy/cpu", metrics)
+    grid = pd.concat([_constant_grid(4, 1000, 3, 0), _constant_grid(4, 2000, 3, 1),
+                      _constant_grid(8, 1000, 3, 2)], ignore_index=True)
+    write_parquet_atomic(grid, d / "decision.parquet")
+    cfg = {"datasets": {"toy": {"baseline": {"epochs": 1000, "width": 4, "depth": 1,
+                                             "lr": 0.001}}}}
+    regions = build_tables([], [d], [], train_cfg=cfg, points_loader=load_points)[
+        "decision_regions"]
+    by_role = {role: g for role, g in regions.groupby("role")}
+    base = by_role["baseline"]
+    assert (base["width"].unique(), base["epochs"].unique()) == ([4], [1000])
+    assert set(base["pred"]) == {0} and len(base) == 4
+    # Accuracies 1/3, 1/3, 2/3: seeds 0 and 1 sit at the median; seed 1 has the lower loss.
+    assert list(base["seed"].unique()) == [1]
+    assert base["test_acc_mean"].iloc[0] == pytest.approx(4 / 9)
+    best = by_role["best"]
+    if longer_is_best:
+        assert (best["width"].unique(), best["epochs"].unique()) == ([4], [2000])
+        assert set(best["pred"]) == {1}
+    else:
+        assert (best["width"].unique(), best["epochs"].unique()) == ([8], [1000])
+        assert set(best["pred"]) == {2}
+
+
+def test_decision_grid_without_checkpoints_is_refused(tmp_path):
+    d = _write_train_dir(tmp_path / "train/toy/cpu",
+                         _metrics("toy", "cpu", 4, 1, 1000, [0.5], [1.0]))
+    write_parquet_atomic(_constant_grid(4, 1000, 1, 0).drop(columns="epochs"),
+                         d / "decision.parquet")
+    with pytest.raises(ValueError, match="no 'epochs' column"):
+        build_tables([], [d], [])
 
 
 def test_data_points_from_the_real_data_module(tmp_path):

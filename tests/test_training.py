@@ -140,7 +140,8 @@ def test_job_rows_follow_the_plan(toy_job):
     assert len(metrics) == sum(len(p.checkpoints) * len(p.lrs) * n_seeds for p in plan)
     assert len(toy_job["predictions"]) == len(metrics) * n_test
     assert len(toy_job["gradnorms"]) == sum(2 * (p.depth + 1) * len(p.lrs) * n_seeds for p in plan)
-    assert len(toy_job["decision"]) == sum(len(p.lrs) * n_seeds for p in plan) * n_grid
+    # Decision logits at every checkpoint of every shape, one block per member and checkpoint.
+    assert len(toy_job["decision"]) == len(metrics) * n_grid
     base = metrics[(metrics.width == 4) & (metrics.depth == 1)]
     assert sorted(base.epochs.unique()) == [10, 20, 30] and sorted(base.lr.unique()) == [0.05, 0.1]
     assert sorted(metrics[metrics.width == 8].epochs.unique()) == [20]
@@ -168,6 +169,29 @@ def test_job_numbers_are_consistent(toy_job):
     grads = toy_job["gradnorms"]
     assert set(grads.stage) == {"init", "final"} and (grads.grad_norm > 0).all()
     assert grads[grads.depth == 2].layer.max() == 2
+
+
+def test_decision_grid_is_stored_at_every_checkpoint(toy_job):
+    dec, metrics = toy_job["decision"], toy_job["metrics"]
+    key = ["width", "depth", "lr", "seed", "epochs"]
+    blocks = dec.groupby(key).size()
+    assert set(blocks) == {GRID["resolution"] ** 2}
+    assert sorted(blocks.index) == sorted(map(tuple, metrics[key].itertuples(index=False)))
+    base = dec[(dec.width == 4) & (dec.depth == 1) & (dec.lr == 0.05) & (dec.seed == 1)]
+    assert sorted(base.epochs.unique()) == [10, 20, 30]
+    # The grid at checkpoint e is the lesson's model after e epochs, not the longest run's.
+    ds = data.toy()
+    for epochs in (10, 30):
+        grid = base[base.epochs == epochs]
+        torch.manual_seed(1)
+        net = MLP(2, 4, 1, 3)
+        lesson_loop(net, ds.x_train, data.one_hot(ds.y_train, 3), epochs, 0.05)
+        with torch.no_grad():
+            ref = net(torch.tensor(grid[["x0", "x1"]].to_numpy())).numpy()
+        got = grid[["logit_0", "logit_1", "logit_2"]].to_numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    early, late = (base[base.epochs == e][["logit_0"]].to_numpy() for e in (10, 30))
+    assert not np.allclose(early, late)
 
 
 def test_job_members_match_the_lesson_loop(toy_job):
@@ -210,7 +234,9 @@ def test_job_records_divergence_without_crashing():
     assert (m[(m.lr == 100.0) & (m.epochs == 5)].status == "ok").all()  # not yet diverged at epoch 5
     preds = tables["predictions"]
     assert preds[(preds.lr == 100.0) & (preds.epochs == 100)].empty
-    assert set(tables["decision"].lr) == {0.001}
+    dec = tables["decision"]
+    assert set(dec[dec.epochs == 100].lr) == {0.001}  # diverged members have no grid there
+    assert set(dec[dec.epochs == 5].lr) == {0.001, 100.0}  # but do before they diverged
     final = tables["gradnorms"][tables["gradnorms"].stage == "final"]
     assert final[final.lr == 100.0].grad_norm.isna().all()
 

@@ -458,7 +458,8 @@ def fig_test_accuracy(tables: Tables) -> Figure:
 
 
 def fig_decision_regions(tables: Tables) -> Figure:
-    """Arg-max class over the input plane for the baseline and the best shape, with the data."""
+    """Arg-max class over the input plane for the baseline and the best variant, each at its
+    own epoch count, with the data points."""
     regions = _table(tables, "decision_regions")
     points = _table(tables, "data_points")
     datasets = _datasets(tables)
@@ -501,10 +502,11 @@ def fig_decision_regions(tables: Tables) -> Figure:
             ax.grid(False)
             ax.set_xlabel("x₀")
             ax.set_ylabel("x₁")
-            ax.set_title(f"{dataset}, {role}: width {first['width']}, depth {first['depth']}, "
-                         f"{first['epochs']} epochs\nseed {first['seed']}: test acc "
-                         f"{first['test_acc']:.0%} (mean over seeds {first['test_acc_mean']:.0%})",
-                         fontsize=10)
+            who = "the lesson's network" if role == "baseline" else "best variant"
+            ax.set_title(f"{dataset}: {who}\nwidth {first['width']}, depth {first['depth']}, "
+                         f"lr {first['lr']:g}, {first['epochs']} epochs\n"
+                         f"seed {first['seed']}: test accuracy {first['test_acc']:.0%} "
+                         f"(mean over seeds {first['test_acc_mean']:.0%})", fontsize=10)
     handles = [Patch(facecolor=to_rgba(PALETTE[i], 0.6), edgecolor="black", label=f"class {i}")
                for i in range(int(max(regions["pred"].max() if len(regions) else 0,
                                       points["label"].max() if len(points) else 0)) + 1)]

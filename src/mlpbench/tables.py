@@ -62,10 +62,12 @@ Tables and their columns
     imply with this package's definitions: flop, bytes, gflop_s, gb_s.
 
 ``decision_regions``
-    For each dataset, the baseline shape and the best other shape (highest mean test
-    accuracy at its last checkpoint, ties broken by lower mean loss), each for one
-    representative seed (test accuracy closest to the median over seeds): dataset, device,
-    role (``baseline``/``best``), width, depth, lr, seed, epochs, test_acc (that seed's),
+    For each dataset, two networks, each for one representative seed (test accuracy closest
+    to the median over seeds): the baseline at exactly the baseline's width, depth, lr and
+    epochs (the lesson's network after the lesson's epochs), and the best variant, the
+    configuration other than the baseline with the highest mean test accuracy (see
+    ``rank_configurations``), at its own epoch checkpoint. Columns: dataset, device, role
+    (``baseline``/``best``), width, depth, lr, seed, epochs, test_acc (that seed's),
     test_acc_mean (over seeds), x0, x1, pred (arg-max class of the logits at that point).
 
 ``data_points``
@@ -385,6 +387,17 @@ def grad_norms_table(grads: pd.DataFrame) -> pd.DataFrame:
     return out[cols].sort_values(keys, kind="stable").reset_index(drop=True)
 
 
+def rank_configurations(summary: pd.DataFrame) -> pd.DataFrame:
+    """``ok`` rows of ``train_summary``, best first: highest mean test accuracy, then lowest
+    mean loss, then the smaller network (width, depth), the fewer epochs and the smaller lr.
+
+    The report and the decision-region figure both name "the best variant" from this order.
+    """
+    ok = summary[summary["status"] == "ok"]
+    return ok.sort_values(["test_acc_mean", "loss_mean", "width", "depth", "epochs", "lr"],
+                          ascending=[False, True, True, True, True, True], kind="stable")
+
+
 def _pick_device(df: pd.DataFrame) -> str | None:
     devices = set(df["device"])
     return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
@@ -396,11 +409,22 @@ def _representative_seed(metrics: pd.DataFrame) -> pd.Series:
     return m.sort_values(["_dist", "loss", "seed"]).iloc[0]
 
 
+def _close(df: pd.DataFrame, **values: Any) -> pd.Series:
+    mask = pd.Series(True, index=df.index)
+    for key, value in values.items():
+        mask &= np.isclose(df[key].astype(float), float(value))
+    return mask
+
+
 def decision_regions_table(
     summary: pd.DataFrame, metrics: pd.DataFrame, decision_dirs: Sequence[PathLike]
 ) -> pd.DataFrame:
-    """Baseline and best shape per dataset, one representative seed each, arg-max classes."""
-    decision = _read_train(decision_dirs, "decision", [*SHAPE, "seed", "x0", "x1"])
+    """Baseline and best variant per dataset, each at its own checkpoint and one
+    representative seed, as arg-max classes on the decision grid."""
+    decision = _read_train(decision_dirs, "decision", [*SHAPE, "seed", "epochs", "x0", "x1"])
+    if len(decision) and "epochs" not in decision.columns:
+        raise ValueError("decision.parquet has no 'epochs' column (written by an older "
+                         "version of the training stage): rerun the training stage")
     frames = []
     for dataset, dec in decision.groupby("dataset", sort=True):
         device = _pick_device(dec)
@@ -409,29 +433,23 @@ def decision_regions_table(
                     & (summary["status"] == "ok")]
         if s.empty:
             continue
-        # The decision grid is stored at each shape's last checkpoint: compare shapes there.
-        last = s.groupby(["width", "depth", "lr"])["epochs"].transform("max")
-        s = s[s["epochs"] == last]
-        picks = [("baseline", s[s["variant"].isin(["baseline", "epochs"])])]
-        others = s[~s["variant"].isin(["baseline", "epochs"])]
-        best = others.sort_values(["test_acc_mean", "loss_mean", "width", "depth"],
-                                  ascending=[False, True, True, True])
-        picks.append(("best", best.head(1)))
+        # The grid is stored at every checkpoint: show each network at exactly the epochs its
+        # row of train_summary describes.
+        ranked = rank_configurations(s)
+        picks = [("baseline", s[s["variant"] == "baseline"]),
+                 ("best", ranked[ranked["variant"] != "baseline"])]
         for role, rows in picks:
             if rows.empty:
                 continue
             row = rows.iloc[0]
-            shape = {k: row[k] for k in ("width", "depth", "lr")}
+            config = {k: row[k] for k in ("width", "depth", "lr", "epochs")}
             sel = metrics[(metrics["dataset"] == dataset) & (metrics["device"] == device)
-                          & (metrics["status"] == "ok") & (metrics["epochs"] == row["epochs"])]
-            for key, value in shape.items():
-                sel = sel[np.isclose(sel[key].astype(float), float(value))]
+                          & (metrics["status"] == "ok")]
+            sel = sel[_close(sel, **config)]
             if sel.empty:
                 continue
             seed_row = _representative_seed(sel)
-            grid = dec[(dec["width"] == shape["width"]) & (dec["depth"] == shape["depth"])
-                       & np.isclose(dec["lr"].astype(float), float(shape["lr"]))
-                       & (dec["seed"] == seed_row["seed"])]
+            grid = dec[_close(dec, **config) & (dec["seed"] == seed_row["seed"])]
             # Datasets with fewer classes have NaN in the other datasets' logit columns.
             logits = sorted((c for c in grid.columns
                              if c.startswith("logit_") and grid[c].notna().any()),
@@ -440,9 +458,9 @@ def decision_regions_table(
                 continue
             frames.append(pd.DataFrame({
                 "dataset": dataset, "device": device, "role": role,
-                "width": int(shape["width"]), "depth": int(shape["depth"]),
-                "lr": float(shape["lr"]), "seed": int(seed_row["seed"]),
-                "epochs": int(row["epochs"]), "test_acc": float(seed_row["test_acc"]),
+                "width": int(config["width"]), "depth": int(config["depth"]),
+                "lr": float(config["lr"]), "seed": int(seed_row["seed"]),
+                "epochs": int(config["epochs"]), "test_acc": float(seed_row["test_acc"]),
                 "test_acc_mean": float(row["test_acc_mean"]),
                 "x0": grid["x0"].to_numpy(dtype=float), "x1": grid["x1"].to_numpy(dtype=float),
                 "pred": np.argmax(grid[logits].to_numpy(dtype=float), axis=1).astype("int64"),

@@ -12,7 +12,9 @@ column lists in ``COLUMNS``). Conventions the tables follow:
 * ``gradnorms``: Frobenius norm of each Linear weight's full-batch gradient, at initialisation
   and at the final checkpoint (NaN for a diverged member).
 * ``decision``: logits on a resolution x resolution grid over the data's range +- margin, at
-  the final checkpoint of each shape (diverged members left out).
+  every checkpoint ``epochs`` of each shape, so a figure can show any network at exactly the
+  epoch count its metrics describe (members diverged by then left out). Rows are ordered by
+  checkpoint, then member, then grid point (x0 fastest).
 * ``timings``: wall time of each shape's ensemble (CUDA synchronised, a short warm-up first)
   and, for comparison, the lesson's loop for one member over at most ``LOOP_TIMING_EPOCHS``
   epochs. Timings are the only columns that differ between reruns; on the CPU every other
@@ -67,7 +69,7 @@ COLUMNS: dict[str, list[str]] = {
         "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
     ],
     "gradnorms": [*_ID, "stage", "layer", "grad_norm"],
-    "decision": [*_ID, "x0", "x1"],  # + logit_0 .. logit_{C-1}
+    "decision": [*_ID, "epochs", "x0", "x1"],  # + logit_0 .. logit_{C-1}
 }
 _DTYPES: dict[str, str] = {
     "dataset": "object", "device": "object", "width": "int64", "depth": "int64", "lr": "float64",
@@ -301,17 +303,25 @@ def _gradnorm_columns(
 
 
 def _decision_columns(
-    arch: ens.Architecture, params: torch.Tensor, members: _Members, keep: np.ndarray,
-    grid_points: torch.Tensor,
+    arch: ens.Architecture, run: ens.EnsembleRun, members: _Members, checkpoints: tuple[int, ...],
+    diverged_at: np.ndarray, grid_points: torch.Tensor,
 ) -> dict[str, Any]:
-    logits = ens.forward(arch, params[torch.from_numpy(keep).to(params.device)], grid_points.to(params.device))
-    logits = logits.float().cpu().numpy()  # (kept members, points, classes)
-    k, p = logits.shape[:2]
+    """Logits on the grid at every checkpoint, for the members not yet diverged there."""
     pts = grid_points.numpy()
-    return {
-        **members.rows(keep, p), "x0": np.tile(pts[:, 0], k), "x1": np.tile(pts[:, 1], k),
-        **{f"logit_{c}": logits[:, :, c].reshape(-1) for c in range(arch.n_out)},
-    }
+    parts: list[dict[str, np.ndarray]] = []
+    for cp in checkpoints:
+        params = run.snapshots[cp]
+        keep = ~((diverged_at > 0) & (diverged_at <= cp))
+        logits = ens.forward(arch, params[torch.from_numpy(keep).to(params.device)],
+                             grid_points.to(params.device))
+        logits = logits.float().cpu().numpy()  # (kept members, points, classes)
+        k, p = logits.shape[:2]
+        parts.append({
+            **members.rows(keep, p), "epochs": np.full(k * p, cp, dtype=np.int64),
+            "x0": np.tile(pts[:, 0], k), "x1": np.tile(pts[:, 1], k),
+            **{f"logit_{c}": logits[:, :, c].reshape(-1) for c in range(arch.n_out)},
+        })
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _train_shape(
@@ -342,7 +352,7 @@ def _train_shape(
         "metrics": metrics,
         "predictions": predictions,
         "gradnorms": _gradnorm_columns(arch, ds, {"init": params0, "final": final}, members, diverged_at),
-        "decision": _decision_columns(arch, final, members, diverged_at == 0, grid_points),
+        "decision": _decision_columns(arch, run, members, shape.checkpoints, diverged_at, grid_points),
     }
     ids = {"width": shape.width, "depth": shape.depth}
     return {name: {**ids, **c} for name, c in cols.items()}, run.time_s, loop_time
