@@ -14,6 +14,7 @@ from mlpbench.io import write_json_atomic, write_parquet_atomic
 from mlpbench.tables import (
     TABLE_NAMES,
     build_tables,
+    epoch_time_by_shape,
     infer_baselines,
     load_tables,
     write_tables,
@@ -334,6 +335,23 @@ def test_decision_grid_without_checkpoints_is_refused(tmp_path):
                          d / "decision.parquet")
     with pytest.raises(ValueError, match="no 'epochs' column"):
         build_tables([], [d], [])
+
+
+def test_epoch_time_by_shape_is_one_row_per_dataset_and_shape(hand_made):
+    e = build_tables(hand_made["matmul"], hand_made["train"], hand_made["machine"])["epoch_time"]
+    loop = e[e["device"] == "cpu"].assign(method="loop", n_members=1, time_per_epoch_s=4e-3,
+                                          time_per_member_epoch_s=4e-3)
+    wide = epoch_time_by_shape(pd.concat([e, loop], ignore_index=True))
+    assert len(wide) == 1
+    row = wide.iloc[0]
+    assert (row["dataset"], row["width"], row["depth"], row["n_members"]) == ("toy", 4, 1, 4)
+    assert row["cpu_ensemble_time_per_epoch_s"] == pytest.approx(1e-3)
+    assert row["cpu_ensemble_time_per_member_epoch_s"] == pytest.approx(2.5e-4)
+    assert row["cpu_loop_time_per_epoch_s"] == pytest.approx(4e-3)
+    assert (row["cpu_status"], row["cpu_reason"]) == ("ok", "")
+    assert (row["cuda_status"], row["cuda_reason"]) == ("unavailable", CUDA_REASON)
+    assert math.isnan(row["cuda_ensemble_time_per_epoch_s"])
+    assert math.isnan(row["cuda_loop_time_per_epoch_s"])
 
 
 def test_data_points_from_the_real_data_module(tmp_path):

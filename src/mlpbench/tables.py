@@ -398,6 +398,44 @@ def rank_configurations(summary: pd.DataFrame) -> pd.DataFrame:
                           ascending=[False, True, True, True, True, True], kind="stable")
 
 
+def epoch_time_by_shape(epoch_time: pd.DataFrame) -> pd.DataFrame:
+    """The ``epoch_time`` table, one row per dataset x width x depth (for reading, not a file).
+
+    Columns: dataset, width, depth, n_members (of the ensemble), and for each device ``d``
+    in the table (cpu first, then cuda, then any other): ``d_ensemble_time_per_epoch_s``,
+    ``d_ensemble_time_per_member_epoch_s``, ``d_loop_time_per_epoch_s`` (NaN where that
+    timing is not ``ok``), ``d_status`` (``ok`` when the ensemble was timed, else its status)
+    and ``d_reason`` ("" when ok). Several hosts' rows are combined by their median.
+    """
+    keys = ["dataset", "width", "depth"]
+    if epoch_time.empty:
+        return pd.DataFrame(columns=[*keys, "n_members"])
+    df = epoch_time.copy()
+    ok = df[df["status"] == "ok"]
+    ens = df[df["method"] == "ensemble"]
+    out = ens.groupby(keys, as_index=False)["n_members"].max()
+    devices = sorted(set(df["device"]), key=lambda d: (d != "cpu", d != "cuda", d))
+    for device in devices:
+        times = []
+        for method, column, name in (
+            ("ensemble", "time_per_epoch_s", "ensemble_time_per_epoch_s"),
+            ("ensemble", "time_per_member_epoch_s", "ensemble_time_per_member_epoch_s"),
+            ("loop", "time_per_epoch_s", "loop_time_per_epoch_s"),
+        ):
+            rows = ok[(ok["device"] == device) & (ok["method"] == method)]
+            times.append(rows.groupby(keys)[column].median().rename(f"{device}_{name}"))
+        state = ens[ens["device"] == device].groupby(keys).agg(
+            status=("status", lambda s: "ok" if (s == "ok").any() else s.iloc[0]),
+            reason=("reason", lambda r: "" if r.isna().all() else str(r.dropna().iloc[0])),
+        )
+        state["reason"] = state["reason"].where(state["status"] != "ok", "")
+        state = state.add_prefix(f"{device}_")
+        out = out.merge(pd.concat([*times, state], axis=1).reset_index(), on=keys, how="left")
+    return out.sort_values(keys, key=lambda c: (
+        c.map(lambda n: (n != "toy", n)) if c.name == "dataset" else c), kind="stable"
+    ).reset_index(drop=True)
+
+
 def _pick_device(df: pd.DataFrame) -> str | None:
     devices = set(df["device"])
     return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
