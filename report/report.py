@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from mlpbench.tables import load_tables
+from mlpbench.tables import epoch_time_by_shape, load_tables, rank_configurations
 
 if "MLPBENCH_RESULTS" not in os.environ:
     raise RuntimeError("set MLPBENCH_RESULTS to the results folder (the one holding tables/)")
@@ -40,6 +40,7 @@ RENDERER_DETAIL = os.environ.get("MLPBENCH_RENDERER_DETAIL", RENDERER)
 T = load_tables(RESULTS / "tables")
 MM, LESSON = T["matmul"], T["lesson_reference"]
 SUMMARY, TIMES, GRADS = T["train_summary"], T["epoch_time"], T["grad_norms"]
+POINTS, CURVES = T["data_points"], T["loss_curves"]
 MACHINES = [json.loads(record) for record in T["machine"]["record_json"]]
 
 
@@ -72,6 +73,12 @@ def pct(x: float, digits: int = 1) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x * 100:.{digits}f}%"
 
 
+def spread(row) -> str:
+    """A timing's interquartile range as a share of its median."""
+    share = row["time_s_iqr"] / row["time_s_median"]
+    return "under 1%" if 0 <= share < 0.005 else pct(share, 0)
+
+
 def num(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
 
@@ -81,6 +88,11 @@ def times(x: float) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
     return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+
+def plural(n: float, word: str, words: str | None = None) -> str:
+    """'1 thread', '2 threads', '1 hidden layer', '6 hidden layers'."""
+    return f"{n:g} {word if n == 1 else (words or word + 's')}"
 
 
 def device_name(device: str) -> str:
@@ -154,19 +166,25 @@ def verdict(base, row, metric: str, higher_is_better: bool) -> str:
         return "too few seeds to separate it from seed luck"
     if r_lo > b_hi or r_hi < b_lo:
         better = (row[f"{metric}_mean"] > base[f"{metric}_mean"]) == higher_is_better
-        return ("a real improvement: the 95% intervals do not overlap" if better
-                else "a real change for the worse: the 95% intervals do not overlap")
-    return "within seed luck: the 95% intervals overlap"
+        return ("a real improvement, as the 95% intervals do not overlap" if better
+                else "a real change for the worse, as the 95% intervals do not overlap")
+    return "within seed luck, as the 95% intervals overlap"
 
 
-def summary_table(rows: pd.DataFrame, label: str) -> pd.DataFrame:
+def summary_table(rows: pd.DataFrame, labels: str | list[str]) -> pd.DataFrame:
+    """One row per configuration; the lesson's own network is marked "(lesson)"."""
+    labels = [labels] if isinstance(labels, str) else labels
+    lesson = (rows["variant"] == "baseline").to_numpy()
+    cells = {label: [f"{v:g}" + (" (lesson)" if mark and i == 0 else "")
+                     for v, mark in zip(rows[label], lesson)]
+             for i, label in enumerate(labels)}
     out = pd.DataFrame({
-        label: rows[label].map(lambda v: v if isinstance(v, str) else f"{v:g}"),
-        "seeds": rows["n_seeds"],
-        "diverged": rows["share_diverged"].map(lambda v: pct(v, 0)),
-        "final loss, mean ± std": [f"{num(m)} ± {num(s, 2)}"
-                                   for m, s in zip(rows["loss_mean"], rows["loss_std"])],
-        "train acc, mean": rows["train_acc_mean"].map(pct),
+        **cells,
+        "seeds": rows["n_seeds"].to_numpy(),
+        "diverged": rows["share_diverged"].map(lambda v: pct(v, 0)).to_numpy(),
+        "final training loss (cross-entropy), mean ± std": [
+            f"{num(m)} ± {num(s, 2)}" for m, s in zip(rows["loss_mean"], rows["loss_std"])],
+        "train acc, mean": rows["train_acc_mean"].map(pct).to_numpy(),
         "test acc, mean (95% CI)": [ci_text(r, "test_acc", True) for _, r in rows.iterrows()],
         "test acc, worst–best seed": [f"{pct(lo, 0)}–{pct(hi, 0)}" for lo, hi in
                                       zip(rows["test_acc_min"], rows["test_acc_max"])],
@@ -187,8 +205,41 @@ def axis_rows(dataset: str, axis: str) -> pd.DataFrame:
 
 
 def best_along(rows: pd.DataFrame):
-    ok = rows[rows["status"] == "ok"]
-    return first(ok.sort_values(["test_acc_mean", "loss_mean"], ascending=[False, True]))
+    """The best configuration among ``rows`` (the order the decision-region figure uses)."""
+    return first(rank_configurations(rows))
+
+
+def best_variant(dataset: str):
+    """The best configuration other than the lesson's network (the figure's "best variant")."""
+    ranked = rank_configurations(rows_of(dataset))
+    return first(ranked[ranked["variant"] != "baseline"])
+
+
+def points_of(dataset: str) -> pd.DataFrame:
+    return POINTS[POINTS["dataset"] == dataset] if len(POINTS) else POINTS
+
+
+def chance(dataset: str) -> float:
+    """Expected test accuracy of guessing one of the dataset's classes at random."""
+    labels = points_of(dataset)["label"] if len(POINTS) else []
+    return 1 / len(set(labels)) if len(labels) else math.nan
+
+
+def network(row) -> str:
+    """'4 units, 1 hidden layer, 1000 epochs' for a train_summary row."""
+    return (f"{plural(row['width'], 'unit')}, {plural(row['depth'], 'hidden layer')}, "
+            f"{plural(row['epochs'], 'epoch')}")
+
+
+def loss_progress(dataset: str, row) -> tuple[float, float] | None:
+    """Mean training loss over seeds before the first step (loss curves) and after the
+    row's last step (train_summary); None when the curve was not recorded."""
+    c = CURVES[(CURVES["dataset"] == dataset) & (CURVES["device"] == row["device"])
+               & (CURVES["epoch"] == 1) & np.isclose(CURVES["width"], row["width"])
+               & np.isclose(CURVES["depth"], row["depth"]) & np.isclose(CURVES["lr"], row["lr"])]
+    if c.empty or not np.isfinite(row["loss_mean"]):
+        return None
+    return float(c["loss_mean"].iloc[0]), float(row["loss_mean"])
 
 
 def axis_answer(dataset: str, axis: str, unit: str) -> str:
@@ -212,6 +263,16 @@ def axis_answer(dataset: str, axis: str, unit: str) -> str:
         f"and the test accuracy from {pct(base['test_acc_mean'])} to {pct(top['test_acc_mean'])} "
         f"({verdict(base, top, 'test_acc', True)})."
     ]
+    guess = chance(dataset)
+    if np.isfinite(guess) and abs(top["test_acc_mean"] - guess) < 0.05:
+        words.append(f"That is chance level: guessing one of {round(1 / guess)} classes at "
+                     f"random scores {pct(guess)} on average.")
+    stalled = loss_progress(dataset, top)
+    if stalled is not None and stalled[1] > 0.9 * stalled[0]:
+        words.append(f"At {top[axis]:g} {unit} the mean training loss only went from "
+                     f"{num(stalled[0])} before the first step to {num(stalled[1])} after "
+                     f"{plural(top['epochs'], 'epoch')}: with learning rate {top['lr']:g} these "
+                     f"networks barely start to learn in that time.")
     if best is not None and not np.isclose(best[axis], top[axis]):
         where = ("the lesson's own setting" if best["variant"] == "baseline"
                  else f"{axis} {best[axis]:g}")
@@ -262,7 +323,8 @@ bullets = []
 if len(LESSON_OK):
     fastest = LESSON_OK.sort_values("time_s_median").iloc[0]
     bullets.append(
-        f"The lesson's product x(1×6400) @ y(6400×5000) was fastest with "
+        f"The lesson's product x({fastest['m']}×{fastest['k']}) @ "
+        f"y({fastest['k']}×{fastest['n']}) was fastest with "
         f"{series(fastest['backend'], fastest['device'], fastest['dtype'])}: "
         f"{fmt_time(fastest['time_s_median'])}, "
         f"{times(fastest['speedup_vs_numpy_float64'])} the speed of the lesson's baseline "
@@ -275,14 +337,12 @@ for name in ("toy", "blobs"):
     if base is None:
         bullets.append(f"{name}: no training results in this run.")
         continue
-    best = best_along(rows_of(name))
+    best = best_variant(name)
     bullets.append(
-        f"{name}: the lesson's network ({base['width']:g} units, {base['depth']:g} hidden layer, "
-        f"{base['epochs']:g} epochs) reached {ci_text(base, 'test_acc', True)} test accuracy "
-        f"over {base['n_ok']:g} seeds"
-        + (f"; the best variant (width {best['width']:g}, depth {best['depth']:g}, "
-           f"{best['epochs']:g} epochs) reached {pct(best['test_acc_mean'])}."
-           if best is not None else "; every configuration diverged."))
+        f"{name}: the lesson's network ({network(base)}) reached "
+        f"{ci_text(base, 'test_acc', True)} mean test accuracy over {plural(base['n_ok'], 'seed')}"
+        + (f"; the best variant ({network(best)}) reached {pct(best['test_acc_mean'])}."
+           if best is not None else "; no other configuration trained without diverging."))
 md("\n".join(f"- {b}" for b in bullets))
 
 # %% [markdown]
@@ -299,19 +359,27 @@ ours = MM[(MM["case"] == "lesson") & (MM["kind"] == "matmul")].sort_values(
 rows = [{
     "source": "lesson", "what": series(r["backend"], r["device"], r["dtype"]),
     "time": fmt_time(r["time_s"]), "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
-    "vs NumPy float64": times(LESSON.query("backend == 'numpy'")["time_s"].iloc[0] / r["time_s"]),
+    "speed vs NumPy float64 (same source)": times(
+        LESSON.query("backend == 'numpy'")["time_s"].iloc[0] / r["time_s"]),
     "timing": f"{r['timer']}, {r['sync']}",
 } for _, r in LESSON.iterrows()]
 rows += [{
     "source": "this run", "what": series(r["backend"], r["device"], r["dtype"]),
     "time": fmt_time(r["time_s_median"]) if r["status"] == "ok" else r["status"],
     "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
-    "vs NumPy float64": times(r["speedup_vs_numpy_float64"]),
-    "timing": (f"median of {int(r['n_runs'])} runs, {int(r['threads'])} thread(s)"
+    "speed vs NumPy float64 (same source)": times(r["speedup_vs_numpy_float64"]),
+    "timing": (f"median of {plural(r['n_runs'], 'run')}, {plural(r['threads'], 'thread')}"
                + (", synchronised" if r["device"] == "cuda" else "")
                if r["status"] == "ok" else r["reason"]),
 } for _, r in ours.iterrows()]
 show_table(pd.DataFrame(rows))
+ref = LESSON.iloc[0]
+if len(ours) and (ours["m"].iloc[0], ours["k"].iloc[0], ours["n"].iloc[0]) != (
+        ref["m"], ref["k"], ref["n"]):
+    r = ours.iloc[0]
+    md(f"Note: this run's configuration timed x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']}) as "
+       f"its lesson case, not the lesson's x({ref['m']}×{ref['k']}) @ y({ref['k']}×{ref['n']}), "
+       f"so its times are not directly comparable with the lesson's.")
 figure("lesson_comparison")
 
 # %% [markdown]
@@ -321,14 +389,15 @@ figure("lesson_comparison")
 #| echo: false
 lesson_cuda = LESSON.query("device == 'cuda'").iloc[0]
 cpu32 = lesson_time("torch", "cpu", "float32")
-intensity = first(LESSON_OK)["intensity_flop_per_byte"] if len(LESSON_OK) else math.nan
+lesson32 = LESSON_OK[LESSON_OK["dtype"] == "float32"]
+intensity = lesson32["intensity_flop_per_byte"].iloc[0] if len(lesson32) else math.nan
 bw = MM[(MM["kind"] == "copy") & (MM["status"] == "ok")].groupby("device")["gb_s"].max()
 text = []
 if CUDA_MM:
     text.append(
         f"**CUDA was unavailable in this run:** {why(CUDA_MM)}. This run therefore cannot say "
         f"whether the GPU is faster; the CPU results below stand on their own. The lesson's "
-        f"{fmt_time(lesson_cuda['time_s'])} would mean the GPU streamed y at "
+        f"{fmt_time(lesson_cuda['time_s'])} would mean the GPU streamed the operands at "
         f"{num(lesson_cuda['gb_s'])} GB/s, but it was timed without synchronisation, so it "
         f"may measure how fast kernels are queued rather than how fast they finish.")
 else:
@@ -340,8 +409,10 @@ else:
     text.append(
         f"With the clock synchronised, the product takes {fmt_time(cuda32)} on the GPU "
         f"({GPU.get('name', 'GPU')}) against {fmt_time(cpu32)} for torch on the CPU, both "
-        f"float32: the GPU is {times(faster)} {'faster' if faster > 1 else 'as fast'}. "
-        f"The lesson reported {fmt_time(lesson_cuda['time_s'])} without synchronisation.")
+        f"float32: the GPU is "
+        + (f"{times(faster)} faster. " if faster >= 1 else
+           f"slower, taking {times(1 / faster)} the CPU's time. ")
+        + f"The lesson reported {fmt_time(lesson_cuda['time_s'])} without synchronisation.")
     if np.isfinite(h2d_t):
         text.append(
             f"But y first has to reach the GPU: copying it took {fmt_time(h2d_t)}, "
@@ -373,7 +444,7 @@ text = [
     f"CPU. The two calls did not do the same work: `torch.rand` makes float32 tensors while "
     f"`np.random.random` makes float64 arrays, so NumPy had twice as many bytes to read. "
     f"Dividing bytes by time, the lesson's NumPy streamed {num(l_np['gb_s'])} GB/s and its "
-    f"torch {num(l_t['gb_s'])} GB/s: the same memory speed, twice the bytes.",
+    f"torch {num(l_t['gb_s'])} GB/s: about the same memory speed, twice the bytes.",
 ]
 if all(np.isfinite([r_total, r_dtype, r_lib32, r_lib64])):
     dtype_wins = abs(math.log(r_dtype)) >= max(abs(math.log(r_lib32)), abs(math.log(r_lib64)))
@@ -385,6 +456,30 @@ if all(np.isfinite([r_total, r_dtype, r_lib32, r_lib64])):
         + ("So the dtype, not the library, explains most of the gap."
            if dtype_wins else
            "Here the difference between the libraries is at least as large as the dtype's."))
+    # The same product may also sit in the matrix-vector series: if the two timings
+    # disagree, the split above rests on noisy numbers, and the reader should know.
+    doubts = []
+    for backend, dtype in (("numpy", "float64"), ("numpy", "float32"), ("torch", "float32"),
+                           ("torch", "float64")):
+        row = lesson_row(backend, "cpu", dtype)
+        if row is None or row["status"] != "ok":
+            continue
+        twin = MM[(MM["case"] == "gemv") & (MM["kind"] == "matmul") & (MM["status"] == "ok")
+                  & (MM["backend"] == backend) & (MM["device"] == "cpu") & (MM["dtype"] == dtype)
+                  & (MM["m"] == row["m"]) & (MM["k"] == row["k"]) & (MM["n"] == row["n"])]
+        if len(twin):
+            t_twin = float(twin["time_s_median"].iloc[0])
+            if abs(math.log(t_twin / row["time_s_median"])) > math.log(1.25):
+                doubts.append(
+                    f"{series(backend, 'cpu', dtype)} took {fmt_time(row['time_s_median'])} "
+                    f"here (interquartile range {spread(row)} of the median) but "
+                    f"{fmt_time(t_twin)} in the matrix-vector series")
+    if doubts:
+        text.append(
+            "Caution: the same product was timed twice in this run, and the two timings "
+            "disagree by more than 25%: " + "; ".join(doubts) + ". The ratios above are only "
+            "as certain as these timings, so treat the split between dtype and library as "
+            "rough.")
 text.append(
     "The lesson's CUDA number has a second catch: CUDA kernels run asynchronously and "
     "`%timeit` does not wait for them, so it can time the launch rather than the product. "
@@ -430,9 +525,32 @@ if len(sq):
         f"({series(top['backend'], top['device'], top['dtype'])}, n = {int(top['n'])}, "
         f"{num(top['intensity_flop_per_byte'])} FLOP per byte), far above what the memory roof "
         f"allows a matrix-vector product.")
+odd = []
+for (backend, device, dtype), g in ok[ok["case"].isin(["gemv", "lesson", "square"])].groupby(
+        ["backend", "device", "dtype"]):
+    for _, h in g.groupby(g["m"] == 1):  # matrix-vector and square series separately
+        h = h.assign(size=h["k"] * h["n"] * h["m"]).sort_values("size")
+        h = h.drop_duplicates("size")
+        t, size = h["time_s_median"].to_numpy(), h["size"].to_numpy()
+        # The worst case of a product that took longer than a larger one of the same series.
+        pairs = [(t[i] / t[j], i, j) for i in range(len(t)) for j in range(i + 1, len(t))]
+        worst = max(pairs, default=(0, 0, 0))
+        if worst[0] > 1.5:
+            a, b = h.iloc[worst[1]], h.iloc[worst[2]]
+            odd.append(f"{series(backend, device, dtype)} took {fmt_time(a['time_s_median'])} "
+                       f"for x({a['m']}×{a['k']}) @ y({a['k']}×{a['n']}) but "
+                       f"{fmt_time(b['time_s_median'])} for the larger "
+                       f"x({b['m']}×{b['k']}) @ y({b['k']}×{b['n']})")
+paragraphs = [" ".join(text)]
+if odd:
+    paragraphs.append(
+        "Not every curve rises with size: " + "; ".join(odd) + ". The amount of work does not "
+        "explain such points, and this run does not say what does (the BLAS library's "
+        "threading and other activity on the machine are candidates); the interquartile "
+        "ranges in `tables/matmul.csv` show how stable each timing was.")
 if CUDA_MM:
-    text.append(f"No CUDA points appear: CUDA was unavailable, because {why(CUDA_MM)}.")
-md(" ".join(text))
+    paragraphs.append(f"No CUDA points appear: CUDA was unavailable, because {why(CUDA_MM)}.")
+md("\n\n".join(p for p in paragraphs if p))
 bw_rows = MM[MM["kind"] == "copy"]
 show_table(pd.DataFrame({
     "device": bw_rows["device"].map(device_name), "backend": bw_rows["backend"],
@@ -454,22 +572,31 @@ base = baseline_of("toy")
 if base is None:
     md("The toy data set was not trained in this run.")
 else:
-    md(f"With {base['width']:g} units, {base['depth']:g} hidden layer, learning rate "
-       f"{base['lr']:g} and {base['epochs']:g} epochs, over {base['n_seeds']:g} seeds "
-       f"(on {device_name(train_device('toy'))}): final training loss "
-       f"{ci_text(base, 'loss', False)}, training accuracy {pct(base['train_acc_mean'])}, "
-       f"test accuracy {ci_text(base, 'test_acc', True)}. Across seeds, {seed_range(base)}, "
-       f"and {pct(base['share_diverged'], 0)} of the seeds diverged. "
+    test = points_of("toy")
+    n_test = int((test["split"] == "test").sum()) if len(test) else 0
+    steps = ", ".join(pct(k / n_test, 0) for k in range(n_test)) + f" or {pct(1, 0)}"
+    md(f"With {plural(base['width'], 'unit')}, {plural(base['depth'], 'hidden layer')}, "
+       f"learning rate {base['lr']:g} and {plural(base['epochs'], 'epoch')}, over "
+       f"{plural(base['n_seeds'], 'seed')} (on {device_name(train_device('toy'))}): final "
+       f"training loss (cross-entropy) {ci_text(base, 'loss', False)}, mean training accuracy "
+       f"{pct(base['train_acc_mean'])}, mean test accuracy {ci_text(base, 'test_acc', True)}. "
+       f"Across seeds, {seed_range(base)}, and {pct(base['share_diverged'], 0)} of the seeds "
+       f"diverged. "
        + ("So how well one run does is partly a matter of its seed."
           if not np.isclose(base["test_acc_min"], base["test_acc_max"]) else
-          "Here the seed did not change the test result."))
+          "Here the seed did not change the test result.")
+       + (f" Keep in mind how small the test set is: with {n_test} test points, one run's "
+          f"test accuracy can only be {steps}, and guessing one of {round(1 / chance('toy'))} "
+          f"classes at random scores {pct(chance('toy'))} on average."
+          if 0 < n_test <= 5 else ""))
 
 # %% [markdown]
 # ## Homework: more epochs, more units, more layers
 #
 # The homework changes one thing at a time: the number of epochs, the units in the hidden
 # layer, and the number of hidden layers. Curves show the mean over seeds; the shaded band
-# runs from the best to the worst seed. In each table the first row is the lesson's network.
+# runs from the best to the worst seed. In each table the row marked "(lesson)" is the
+# lesson's network; the others differ from it in that one setting.
 
 # %%
 #| echo: false
@@ -526,7 +653,8 @@ for name in ("toy", "blobs"):
         (d0, r0), (d1, r1) = ratios[0], ratios[-1]
         text.append(
             f"On {name} at initialisation, the first layer's gradient norm is {times(r0)} the "
-            f"output layer's with {d0:g} hidden layer(s) and {times(r1)} with {d1:g}.")
+            f"output layer's with {plural(d0, 'hidden layer')} and {times(r1)} with "
+            f"{plural(d1, 'hidden layer')}.")
 if text:
     text.append("Each extra layer multiplies another factor into the first layer's gradient; "
                 "where those factors are below one the early layers learn more slowly, one "
@@ -536,40 +664,65 @@ md(" ".join(text) or "This run did not vary depth, so there is nothing to compar
 # %% [markdown]
 # ## Blobs
 #
-# The homework's second task: four Gaussian blobs from `make_blobs`, 60% for training and
-# 40% for testing, learned by the same kind of network.
+# The homework's second task: Gaussian blobs from `make_blobs`, split into a training and a
+# test set, learned by the same kind of network.
 
 # %%
 #| echo: false
+blob_points = points_of("blobs")
+if len(blob_points):
+    n_train = int((blob_points["split"] == "train").sum())
+    n_test = int((blob_points["split"] == "test").sum())
+    md(f"This run's blobs: {n_train + n_test} points around "
+       f"{blob_points['label'].nunique()} centres, {n_train} "
+       f"({pct(n_train / (n_train + n_test), 0)}) for training and {n_test} "
+       f"({pct(n_test / (n_train + n_test), 0)}) for testing; guessing a class at random "
+       f"would score {pct(chance('blobs'))} on average.")
 base = baseline_of("blobs")
 if base is None:
     md("The blobs data set was not trained in this run.")
 else:
     rows = rows_of("blobs")
-    best = best_along(rows)
-    md(f"The lesson's network reaches {ci_text(base, 'test_acc', True)} test accuracy on the "
-       f"blobs after {base['epochs']:g} epochs (training accuracy "
+    best = best_variant("blobs")
+    md(f"The lesson's network reaches {ci_text(base, 'test_acc', True)} mean test accuracy on "
+       f"the blobs after {plural(base['epochs'], 'epoch')} (mean training accuracy "
        f"{pct(base['train_acc_mean'])}). "
-       + (f"The best configuration tried — width {best['width']:g}, depth {best['depth']:g}, "
-          f"{best['epochs']:g} epochs — reaches {ci_text(best, 'test_acc', True)}: "
-          f"{verdict(base, best, 'test_acc', True)}." if best is not None else
-          "Every configuration diverged."))
+       + (f"The best variant tried — {network(best)} — reaches "
+          f"{ci_text(best, 'test_acc', True)}: {verdict(base, best, 'test_acc', True)}."
+          if best is not None else "No other configuration trained without diverging."))
     for axis, unit in (("epochs", "epochs"), ("width", "units"), ("depth", "hidden layers")):
         md(f"**{axis.capitalize()}.** " + axis_answer("blobs", axis, unit))
+    labels = ["width", "depth", "epochs"] + (["lr"] if rows["lr"].nunique() > 1 else [])
     show_table(summary_table(rows.query("status == 'ok'").sort_values(
-        ["depth", "width", "epochs"]).assign(
-            config=lambda d: [f"w{w:g} d{dp:g} e{e:g}" for w, dp, e in
-                              zip(d["width"], d["depth"], d["epochs"])]), "config"))
+        ["depth", "width", "epochs", "lr"]), labels))
 
 # %% [markdown]
 # ### What the networks learned
 #
-# Decision regions of the lesson's network shape (after its longest training) and of the best
-# other shape, for one representative seed each (the seed with the median test accuracy),
-# with the training points as circles and the test points as triangles.
+# Decision regions: the class each network predicts at every point of the input plane
+# (shaded), with the training points as circles and the test points as triangles. Each
+# panel shows one representative seed, the one whose test accuracy is closest to the median
+# over seeds, so it is typical rather than the best run.
 
 # %%
 #| echo: false
+REGIONS = T["decision_regions"]
+shown = REGIONS.drop_duplicates(["dataset", "role"]) if len(REGIONS) else REGIONS
+order = sorted(set(shown.get("dataset", [])), key=lambda n: (n != "toy", n))
+lessons, bests = [], []
+for name in order:
+    d = shown[shown["dataset"] == name].set_index("role")
+    if "baseline" in d.index:
+        lessons.append(f"{name}: {plural(d.loc['baseline', 'epochs'], 'epoch')}")
+    if "best" in d.index:
+        bests.append(f"{name}: {network(d.loc['best'])}")
+if order:
+    md("Left: the lesson's network after the lesson's epoch count ("
+       + "; ".join(lessons) + "). Right: the best variant, at its own epoch count ("
+       + "; ".join(bests) + "). Each panel therefore shows the network that its row in the "
+       "tables above describes.")
+else:
+    md("No decision regions in this run: no network was trained.")
 figure("decision_regions")
 
 # %% [markdown]
@@ -580,24 +733,25 @@ figure("decision_regions")
 figure("epoch_time")
 cuda_train = cuda_reason(TIMES)
 ok = TIMES[TIMES["status"] == "ok"]
+ens = ok[ok["method"] == "ensemble"]
 if cuda_train:
-    md(f"**CUDA was unavailable for training:** {why(cuda_train)}. Only CPU times are shown; the "
-       f"CUDA rows are kept in the table with their reason.")
+    md(f"**CUDA was unavailable for training:** {why(cuda_train)}. Only CPU times are shown, "
+       f"and the table's CUDA column says so for every shape; the full table "
+       f"(`tables/epoch_time.csv`) keeps a CUDA row per shape with this reason.")
 else:
-    cuda_rows = ok[ok["device"] == "cuda"]
+    cuda_rows = ens[ens["device"] == "cuda"]
     ratio = cuda_rows["speedup_vs_cpu"].median()
-    md(f"Across {len(cuda_rows)} combinations of dataset and shape, the median CUDA epoch took "
-       f"{times(1 / ratio)} the CPU's time. "
+    md(f"Across the {len(cuda_rows)} combinations of dataset and shape, the median CUDA epoch "
+       f"took {times(1 / ratio)} the CPU's time for the same ensemble. "
        + ("The GPU is slower here because these networks are tiny: an epoch is a handful of "
           "small kernels, and the fixed cost of launching each one outweighs the arithmetic."
           if ratio < 1 else
           "The GPU is faster here: batching all seeds into one ensemble gives each kernel "
           "enough work to outweigh the fixed cost of launching it."))
-ens = ok[ok["method"] == "ensemble"]
 if len(ens):
     md(f"One epoch trains every seed of a shape together as one batched ensemble "
-       f"({int(ens['n_members'].max())} members at most); per member, an epoch took between "
-       f"{fmt_time(ens['time_per_member_epoch_s'].min())} and "
+       f"({plural(int(ens['n_members'].max()), 'member')} at most); per member, an epoch took "
+       f"between {fmt_time(ens['time_per_member_epoch_s'].min())} and "
        f"{fmt_time(ens['time_per_member_epoch_s'].max())}.")
 loop = ok[ok["method"] == "loop"]
 if len(ens) and len(loop):
@@ -606,28 +760,62 @@ if len(ens) and len(loop):
     gain = (pair["time_per_member_epoch_s_loop"] / pair["time_per_member_epoch_s_ens"]).median()
     speed = (f"{times(gain)} faster" if gain >= 1 else f"{times(1 / gain)} slower")
     md(f"Against the lesson's own loop, which trains one network at a time, the ensemble trains "
-       f"each network {speed} per epoch (median over the {len(pair)} shapes timed both ways)"
-       + (f": that is what makes {int(ens['n_members'].max())} seeds per configuration "
-          f"affordable." if gain >= 1 else "."))
-TIMES = TIMES.sort_values(["dataset", "width", "depth", "device", "method"], key=lambda c: (
-    c.map(lambda n: (n != "toy", n)) if c.name == "dataset" else c))
-show_table(pd.DataFrame({
-    "dataset": TIMES["dataset"], "width": TIMES["width"], "depth": TIMES["depth"],
-    "device": TIMES["device"].map(device_name), "method": TIMES["method"],
-    "members": TIMES["n_members"],
-    "time per epoch": TIMES["time_per_epoch_s"].map(fmt_time),
-    "per member-epoch": TIMES["time_per_member_epoch_s"].map(fmt_time),
-    "vs CPU": [times(v) if d != "cpu" else "" for v, d in
-               zip(TIMES["speedup_vs_cpu"], TIMES["device"])],
-    "status": [s if s == "ok" else f"{s}: {why(r)}"
-               for s, r in zip(TIMES["status"], TIMES["reason"])],
-}))
+       f"each network {speed} per epoch (median over the {len(pair)} combinations of dataset, "
+       f"device and shape timed both ways)"
+       + (f": that is what makes {plural(int(ens['n_members'].max()), 'seed')} per "
+          f"configuration affordable." if gain >= 1 else "."))
+
+
+def timing_cells(row, device: str) -> list[str]:
+    """The three times of one device for one shape, or its status where it has none."""
+    if row.get(f"{device}_status") != "ok":
+        status = row.get(f"{device}_status")
+        return [status if isinstance(status, str) else "not run"] * 3
+    return [fmt_time(row[f"{device}_{c}"]) for c in (
+        "ensemble_time_per_epoch_s", "ensemble_time_per_member_epoch_s",
+        "loop_time_per_epoch_s")]
+
+
+BY_SHAPE = epoch_time_by_shape(TIMES)
+HEADS = ["ensemble, per epoch", "ensemble, per member-epoch", "lesson loop, per epoch"]
+columns = {"dataset": BY_SHAPE["dataset"], "width": BY_SHAPE["width"],
+           "depth": BY_SHAPE["depth"], "members": BY_SHAPE["n_members"]}
+for device in ("cpu", "cuda"):
+    if f"{device}_status" not in BY_SHAPE:
+        continue
+    cells = [timing_cells(r, device) for _, r in BY_SHAPE.iterrows()]
+    if device != "cpu" and not (BY_SHAPE[f"{device}_status"] == "ok").any():
+        # Nothing timed on this device: one column that says so, the reason is in the prose.
+        columns[device_name(device)] = [c[0] for c in cells]
+        continue
+    for i, head in enumerate(HEADS):
+        columns[f"{device_name(device)} {head}"] = [c[i] for c in cells]
+if len(BY_SHAPE):
+    md("In the table, ensemble times are for all members of a shape together; the lesson's "
+       "loop trains one network, so its time per epoch compares with the ensemble's time per "
+       "member-epoch.")
+show_table(pd.DataFrame(columns))
+
 
 # %% [markdown]
 # ## Method
 
 # %%
 #| echo: false
+def count_list(values) -> str:
+    """'2 threads', '1 or 2 threads', 'no threads recorded'."""
+    values = [int(v) for v in values]
+    if not values:
+        return "no recorded thread count"
+    return " or ".join(str(v) for v in values[:-1]) + (" or " if len(values) > 1 else "") \
+        + plural(values[-1], "thread")
+
+
+def threads_text(mm_threads, tr_threads) -> str:
+    return (f"Matrix products on the CPU were timed with {count_list(mm_threads)} for both "
+            f"torch and NumPy's BLAS; training was timed with {count_list(tr_threads)}")
+
+
 # The stage writes "timer; stmt `...`; detail; detail" per row: list each part once.
 parts = [m.split("; ") for m in MM.loc[MM["status"] == "ok", "method"].dropna().unique()]
 timers = list(dict.fromkeys(p[0] for p in parts))
@@ -644,18 +832,16 @@ items = [
     + (" for every backend, timing " + ", ".join(
         s if s.startswith("`") else f"`{s}`" for s in stmts) if stmts else "")
     + ("; " + "; ".join(details) if details else "")
-    + (f". Each time is the median of "
-       + (f"{int(runs.min())}" if runs.min() == runs.max()
-          else f"{int(runs.min())}–{int(runs.max())}")
-       + " measured runs after warm-up; the interquartile range is kept in the tables."
+    + (". Each time is the median of the timer's measured runs after warm-up ("
+       + (plural(int(runs.min()), "run") if runs.min() == runs.max()
+          else f"between {int(runs.min())} and {int(runs.max())} runs")
+       + " per product: the timer repeats a product until the minimum run time is reached); "
+       "the interquartile range is kept in the tables."
        if len(runs) else "."),
     "**CUDA synchronisation.** GPU timings wait for the device before the clock is read, so "
     "they time the finished work; the lesson's `%timeit` did not.",
-    "**Threads.** Matrix products on the CPU used "
-    + (", ".join(str(int(t)) for t in mm_threads) or "no") + " thread(s) for both torch and "
-    "NumPy's BLAS; training used " + (", ".join(str(int(t)) for t in tr_threads) or "no")
-    + " thread(s).",
-    "**Dtypes.** Matrix products in " + ", ".join(sorted(MM["dtype"].dropna().unique()))
+    "**Threads.** " + threads_text(mm_threads, tr_threads) + ".",
+    "**Dtypes.** Matrix products in " + " and ".join(sorted(MM["dtype"].dropna().unique()))
     + "; training in float32, as in the lesson.",
     "**Seeds.** " + ", ".join(f"{d}: {int(n)} seeds per configuration" for d, n in seeds.items())
     + ". Each seed initialises the network exactly as `torch.manual_seed(seed)` followed by "
@@ -675,6 +861,39 @@ md("\n".join(f"- {i}" for i in items))
 
 # %%
 #| echo: false
+LIBRARY_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS", "accelerate": "Accelerate"}
+
+
+def library(name) -> str:
+    return LIBRARY_NAMES.get(str(name).lower(), str(name)) if name else "unknown"
+
+
+def numpy_blas_text(np_blas: dict) -> str:
+    """Library, version and the kernels it picked; not its thread count, which is the
+    recording process's default rather than what the timings used (see the next row)."""
+    if not np_blas:
+        return "n/a"
+    details = [f"kernels for {np_blas['architecture']}" if np_blas.get("architecture") else "",
+               f"threading layer {np_blas['threading_layer']}"
+               if np_blas.get("threading_layer") else ""]
+    details = [d for d in details if d]
+    return (f"{library(np_blas.get('internal_api'))} {np_blas.get('version') or ''}".strip()
+            + (f" ({', '.join(details)})" if details else ""))
+
+
+def torch_blas_text(t_blas: dict) -> str:
+    if not t_blas or not t_blas.get("blas_info"):
+        return "n/a"
+    details = [f"CPU capability {t_blas['cpu_capability']}" if t_blas.get("cpu_capability")
+               else "",
+               f"parallel backend {t_blas['parallel_backend']}"
+               if t_blas.get("parallel_backend") else ""]
+    details = [d for d in details if d]
+    return library(t_blas["blas_info"]) + (f" ({', '.join(details)})" if details else "")
+
+
+TIMING_THREADS = (f"matrix products: {count_list(mm_threads)} (torch and NumPy's BLAS, set for "
+                  f"every timing); training: {count_list(tr_threads)}")
 for m in MACHINES:
     gpu = m.get("gpu", {}) or {}
     blas = m.get("blas", {}) or {}
@@ -687,13 +906,9 @@ for m in MACHINES:
         ("host", m.get("host")),
         ("CPU", m.get("cpu_model")),
         ("cores (physical / logical)", f"{m.get('physical_cores')} / {m.get('logical_cores')}"),
-        ("threads for timings", m.get("threads")),
-        ("NumPy BLAS", f"{np_blas.get('internal_api')} {np_blas.get('version') or ''} "
-                       f"({np_blas.get('architecture') or 'n/a'}, "
-                       f"{np_blas.get('num_threads')} threads)"),
-        ("torch BLAS", ", ".join(f"{k}: {v}" for k, v in t_blas.items()
-                                 if k in ("blas_info", "cpu_capability", "parallel_backend")
-                                 and v is not None) or "n/a"),
+        ("NumPy BLAS", numpy_blas_text(np_blas)),
+        ("torch BLAS", torch_blas_text(t_blas)),
+        ("threads used for timings", TIMING_THREADS),
         ("GPU", f"{gpu.get('name')}, {gpu.get('memory_gib')} GiB, driver {gpu.get('driver')}, "
                 f"CUDA {gpu.get('cuda_version')}" if gpu.get("available")
                 else f"none: {gpu.get('reason') or 'CUDA unavailable'}"),

@@ -273,7 +273,8 @@ def machine_info(cuda: bool) -> dict[str, Any]:
     return {
         "host": HOST, "machine_id": HOST, "cpu_model": "Synthetic CPU @ 2.0GHz",
         "physical_cores": 2, "logical_cores": 2, "usable_cores": 2, "threads": 2,
-        "blas": {"numpy": {"internal_api": "openblas", "version": "0.3.27", "num_threads": 2,
+        # As in a real record: the recording process's BLAS runs 1 thread; timings used 2.
+        "blas": {"numpy": {"internal_api": "openblas", "version": "0.3.27", "num_threads": 1,
                            "architecture": "Haswell", "threading_layer": "pthreads",
                            "prefix": "libscipy_openblas", "filename": "libscipy_openblas.so"},
                  "torch": {"blas_info": "mkl", "lapack_info": "mkl", "mkl": None,

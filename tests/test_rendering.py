@@ -113,12 +113,62 @@ def test_tables_have_the_expected_rows(rendered):
     assert _rows(_table_after(soup, "More units")) == 2
     assert _rows(_table_after(soup, "More layers")) == 2
     assert _rows(_table_after(soup, "Blobs")) == 4  # every blobs configuration
-    # Epoch times: 2 datasets x 3 shapes x 2 devices for the ensemble, unavailable rows
-    # included, plus the one-network loop on each available device.
-    loops = 6 if rendered["scenario"] == "cpu_only" else 12
-    assert _rows(_table_after(soup, "Training time per epoch: CPU vs CUDA")) == 12 + loops
+    # Epoch times: one row per dataset x shape (2 x 3), devices and methods as columns.
+    assert _rows(_table_after(soup, "Training time per epoch: CPU vs CUDA")) == 6
     seeds = soup.find(string=re.compile(r"toy: \d+ seeds per configuration"))
     assert f"toy: {len(SEEDS)} seeds per configuration" in seeds
+
+
+def _section_text(soup, heading: str) -> str:
+    """Text from a heading to the next heading of any level."""
+    h = next(t for t in soup.find_all(["h2", "h3"]) if t.get_text().strip("¶ \n") == heading)
+    parts = []
+    for el in h.find_all_next():
+        if el.name in ("h2", "h3"):
+            break
+        if el.name in ("p", "li", "td", "th"):
+            parts.append(el.get_text(" ", strip=True))
+    return "\n".join(parts)
+
+
+def test_epoch_time_table_is_compact(rendered):
+    table = _table_after(rendered["soup"], "Training time per epoch: CPU vs CUDA")
+    heads = [th.get_text(strip=True) for th in table.find("thead").find_all("th")]
+    assert heads[:7] == ["dataset", "width", "depth", "members", "CPU ensemble, per epoch",
+                         "CPU ensemble, per member-epoch", "CPU lesson loop, per epoch"]
+    section = _section_text(rendered["soup"], "Training time per epoch: CPU vs CUDA")
+    if rendered["scenario"] == "cpu_only":
+        assert heads[7:] == ["CUDA"]
+        cells = [tr.find_all("td")[-1].get_text(strip=True)
+                 for tr in table.find("tbody").find_all("tr")]
+        assert set(cells) == {"unavailable"}
+        # The reason is stated once, in the prose, not in every row.
+        assert section.count("torch.cuda.is_available() is False") == 1
+    else:
+        assert heads[7:] == ["CUDA ensemble, per epoch", "CUDA ensemble, per member-epoch",
+                             "CUDA lesson loop, per epoch"]
+        assert "unavailable" not in section
+    first_row = [td.get_text(strip=True) for td in table.find("tbody").find("tr").find_all("td")]
+    assert first_row[:4] == ["toy", "4", "1", str(len(SEEDS))]
+    assert first_row[4:7] == ["240 µs", "80 µs", "192 µs"]  # synthetic: 2e-4 * 1.2 per epoch
+
+
+def test_environment_separates_blas_from_timing_threads(rendered):
+    rows = {tr.find_all("td")[0].get_text(strip=True): tr.find_all("td")[1].get_text(strip=True)
+            for tr in _table_after(rendered["soup"], "Environment").find("tbody").find_all("tr")}
+    # Library, version and kernels; not the recording process's own thread count (1).
+    assert rows["NumPy BLAS"] == "OpenBLAS 0.3.27 (kernels for Haswell, threading layer pthreads)"
+    # The synthetic matmul rows were timed with 2 threads, training with 1.
+    assert rows["threads used for timings"].startswith("matrix products: 2 threads")
+    assert rows["threads used for timings"].endswith("training: 1 thread")
+
+
+def test_decision_regions_are_described_at_their_epochs(rendered):
+    text = _section_text(rendered["soup"], "What the networks learned")
+    # Synthetic: the lesson's network at its 20 epochs, the best variant (same shape) at 40.
+    assert "the lesson's network after the lesson's epoch count (toy: 20 epochs; blobs: 20 " \
+           "epochs)" in text
+    assert "toy: 4 units, 1 hidden layer, 40 epochs" in text
 
 
 def test_cuda_is_stated_plainly(rendered):
@@ -152,6 +202,30 @@ def test_report_renders_when_nothing_was_available(tmp_path):
     text = soup.get_text()
     assert "toy: no training results in this run" in text
     assert "CUDA was unavailable in this run" in text
+
+
+def test_inconsistent_timings_are_flagged_not_explained_away(tmp_path):
+    import pandas as pd
+
+    root = write_results(tmp_path, cuda=False, figures=True)
+    path = root / "tables" / "matmul.parquet"
+    mm = pd.read_parquet(path)
+    numpy64 = (mm["backend"] == "numpy") & (mm["dtype"] == "float64") & (mm["kind"] == "matmul")
+    # The smallest matrix-vector product suddenly takes 10 ms, and the lesson's product,
+    # timed again in the matrix-vector series, takes half its lesson-case time.
+    small = numpy64 & (mm["case"] == "gemv") & (mm["k"] == 800)
+    mm.loc[small, "time_s_median"] = 10e-3
+    lesson = mm[numpy64 & (mm["case"] == "lesson")].iloc[0]
+    twin = lesson.copy()
+    twin["case"], twin["time_s_median"] = "gemv", lesson["time_s_median"] / 2
+    pd.concat([mm, twin.to_frame().T.astype(mm.dtypes)], ignore_index=True).to_parquet(path)
+    out = root / "report" / "report.html"
+    render(REPORT, out, root, renderer="nbconvert", timeout_s=300)
+    text = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser").get_text(" ")
+    text = re.sub(r"\s+", " ", text)
+    assert "Not every curve rises with size: NumPy CPU float64 took 10 ms for x(1×800)" in text
+    half = f"{lesson['time_s_median'] / 2 * 1e3:.3g} ms in the matrix-vector series"
+    assert "Caution: the same product was timed twice" in text and half in text
 
 
 def test_a_failing_cell_fails_the_render(tmp_path):
