@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlpbench.config import sanitise_id
+from mlpbench.config import machine_id
 from workflow_helpers import REPO, TINY, copy_pipeline
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -273,7 +272,7 @@ def test_unnamed_machine_is_named_by_the_submitting_host(tmp_path):
     describes the node its job ran on, which has a host name of its own on a cluster."""
     workdir = _pipeline_copy(tmp_path / "pipeline")
     (workdir / "config" / "unnamed.yaml").write_text("machine_id: null\n")
-    target = f"results/machine/{sanitise_id(socket.gethostname())}.json"
+    target = f"results/machine/{machine_id(None)}.json"
     cluster_dir = Path(tempfile.mkdtemp(prefix="mlpbench-slurm-"))
     try:
         done = subprocess.run(
