@@ -5,8 +5,9 @@ packages, a stand-in GPU declared in gres.conf) runs the tiny config through
 ``--executor slurm`` with the project's profile, while the same config runs locally beside it.
 Checked: every stage table equals the local run's on every column that is not a time
 measurement; CUDA jobs asked SLURM for a GPU in the GPU partition, were given one on the node
-and took the CUDA-unavailable path; timing jobs held their node exclusively; a machine without a
-`machine_id` gets its record although the node has another host name; every daemon stops.
+and took the CUDA-unavailable path; timing jobs held their node exclusively; the defaults
+`machine_id: null` and `matmul.threads: 0` work although the node has a host name of its own and
+a cluster run has no --cores; every daemon stops.
 A dry run also checks, without a cluster, that the profile takes partition, account and GPU
 model from the environment.
 
@@ -267,11 +268,12 @@ def test_jobs_were_scheduled_as_the_profile_asks(runs):
 
 
 @needs_cluster
-def test_unnamed_machine_is_named_by_the_submitting_host(tmp_path):
-    """With ``machine_id: null`` the record is named after the machine that runs Snakemake and
-    describes the node its job ran on, which has a host name of its own on a cluster."""
+def test_default_machine_settings_work_on_a_cluster(tmp_path):
+    """The defaults ``machine_id: null`` and ``matmul.threads: 0`` on a cluster: the record is
+    named after the machine that runs Snakemake and describes the node its job ran on (which has
+    a host name of its own), and "every core" needs no --cores, which cluster runs do not give."""
     workdir = _pipeline_copy(tmp_path / "pipeline")
-    (workdir / "config" / "unnamed.yaml").write_text("machine_id: null\n")
+    (workdir / "config" / "unnamed.yaml").write_text("machine_id: null\nmatmul: {threads: 0}\n")
     target = f"results/machine/{machine_id(None)}.json"
     cluster_dir = Path(tempfile.mkdtemp(prefix="mlpbench-slurm-"))
     try:
