@@ -509,7 +509,10 @@ if len(lesson_mv):
         f"On the lesson's product, whose {num(top['bytes'] / 2**20)} MiB of operands are too "
         f"large for most caches, the best backend ({series(top['backend'], top['device'], top['dtype'])}) "
         f"moved {num(top['gb_s'])} GB/s, {pct(top['bandwidth_share'], 0)} of the copy bandwidth "
-        f"measured on the same device: it runs at the speed of memory.")
+        f"measured on the same device: "
+        + ("memory bandwidth is what limits it." if top["bandwidth_share"] >= 0.5 else
+           "well below what the memory delivered in the copy benchmark, so this timing was "
+           "held back by something besides bandwidth."))
 mv = ok[ok["case"] == "gemv"]
 if len(mv) and mv["bandwidth_share"].max() > 1:
     small = mv.sort_values("bandwidth_share").iloc[-1]

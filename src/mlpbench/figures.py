@@ -528,32 +528,39 @@ def fig_grad_norms(tables: Tables) -> Figure:
             _empty(ax, "No gradient norms (training unavailable).")
         return fig
     bases = _baselines(summary)
+    # One colour per depth in every panel, and one legend for all of them below the panels,
+    # where it cannot cover a curve or its band.
+    colours = {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(sorted(gn["depth"].unique()))}
+    handles: dict[str, object] = {}
     for col, dataset in enumerate(datasets):
         g = gn[gn["dataset"] == dataset]
         device, base = (_pick_device(g.assign(status="ok")) if len(g) else None), bases.get(dataset)
         for row, stage in enumerate(("init", "final")):
             ax = axes[row, col]
             when = "at initialisation" if stage == "init" else "after training"
-            ax.set_title(f"{dataset} [{device}]: {when}")
+            ax.set_title(f"{dataset} [{device}]: {when}"
+                         + (f", width {int(base['width'])}" if base is not None else ""))
             if device is None or base is None:
                 _empty(ax, f"No gradient norms for {dataset}.")
                 continue
             s = g[(g["device"] == device) & (g["stage"] == stage)
                   & _shape_match(g, width=base["width"], lr=base["lr"])]
-            for i, (depth, d) in enumerate(s.groupby("depth")):
+            for depth, d in s.groupby("depth"):
                 d = d.sort_values("layer")
-                colour = PALETTE[i % len(PALETTE)]
+                colour = colours[depth]
                 ax.fill_between(d["layer"], d["grad_norm_min"], d["grad_norm_max"],
                                 color=colour, alpha=0.15, linewidth=0)
-                ax.plot(d["layer"], d["grad_norm_mean"], marker="o", color=colour,
-                        label=f"depth {int(depth)}")
+                h, = ax.plot(d["layer"], d["grad_norm_mean"], marker="o", color=colour)
+                handles.setdefault(int(depth), h)
             _log(ax, "y")
             ax.set_xlabel("layer (0 = first Linear, depth = output Linear)")
             ax.set_ylabel("‖∂loss/∂W‖ (Frobenius)")
             ax.xaxis.get_major_locator().set_params(integer=True)
-            if len(s):
-                ax.legend(fontsize=8.5, title=f"width {int(base['width'])}", title_fontsize=8.5,
-                          loc="best")
+    if handles:
+        depths = sorted(handles)
+        fig.legend([handles[d] for d in depths], [f"depth {d}" for d in depths],
+                   loc="outside lower center", ncol=len(depths), frameon=False,
+                   title="hidden layers", title_fontsize=9)
     fig.suptitle("Gradient norm per layer vs depth: mean over seeds, band = min-max")
     return fig
 
@@ -595,9 +602,9 @@ def fig_epoch_time(tables: Tables) -> Figure:
         members = d["n_members"].dropna()
         missing = [dev for dev in devices if dev in reasons]
         note = "; ".join(f"{'CUDA' if dev == 'cuda' else dev} unavailable" for dev in missing)
+        # The figure's subtitle already says which device was unavailable and why.
         ax.set_title(f"{dataset}" + (f": {int(members.max())} members per ensemble"
-                                     if len(members) else "")
-                     + (f"\n({note})" if note and series else ""))
+                                     if len(members) else ""))
         if series:
             values = np.concatenate(list(series.values()))
             values = values[np.isfinite(values)]
