@@ -226,9 +226,12 @@ def chance(dataset: str) -> float:
 
 
 def network(row) -> str:
-    """'4 units, 1 hidden layer, 1000 epochs' for a train_summary row."""
+    """'4 units, 1 hidden layer, 1000 epochs' for a train_summary row (and 'lr 0.1' where
+    the run tried several learning rates on that dataset)."""
+    lrs = SUMMARY.loc[SUMMARY["dataset"] == row["dataset"], "lr"].dropna().unique()
     return (f"{plural(row['width'], 'unit')}, {plural(row['depth'], 'hidden layer')}, "
-            f"{plural(row['epochs'], 'epoch')}")
+            f"{plural(row['epochs'], 'epoch')}"
+            + (f", learning rate {row['lr']:g}" if len(lrs) > 1 else ""))
 
 
 def loss_progress(dataset: str, row) -> tuple[float, float] | None:
@@ -254,7 +257,12 @@ def axis_answer(dataset: str, axis: str, unit: str) -> str:
     if base["status"] != "ok" or len(ok_rows) < 2:
         return (f"Too few configurations along this axis trained without diverging to "
                 f"compare them.{lost_text}")
-    top = ok_rows.iloc[-1]
+    # Compare with the setting farthest from the lesson's along this axis (usually the
+    # largest; in a grid it can lie below the baseline).
+    others = ok_rows[~np.isclose(ok_rows[axis].astype(float), float(base[axis]))]
+    if others.empty:
+        return f"This run did not vary the {axis} of the {dataset} network."
+    top = others.loc[(others[axis].astype(float) - float(base[axis])).abs().idxmax()]
     best = best_along(rows)
     words = [
         f"From {base[axis]:g} to {top[axis]:g} {unit}, the final training loss went from "
