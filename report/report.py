@@ -92,7 +92,8 @@ def times(x: float) -> str:
 
 def plural(n: float, word: str, words: str | None = None) -> str:
     """'1 thread', '2 threads', '1 hidden layer', '6 hidden layers'."""
-    return f"{n:g} {word if n == 1 else (words or word + 's')}"
+    text = f"{int(n):,}" if float(n).is_integer() else f"{n:g}"
+    return f"{text} {word if n == 1 else (words or word + 's')}"
 
 
 def device_name(device: str) -> str:
@@ -376,7 +377,8 @@ rows += [{
     "time": fmt_time(r["time_s_median"]) if r["status"] == "ok" else r["status"],
     "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
     "speed vs NumPy float64 (same source)": times(r["speedup_vs_numpy_float64"]),
-    "timing": (f"median of {plural(r['n_runs'], 'run')}, {plural(r['threads'], 'thread')}"
+    "timing": (f"median of {plural(r['n_runs'], 'block')} of {plural(r['number_per_run'], 'call')}, "
+               f"{plural(r['threads'], 'thread')}"
                + (", synchronised" if r["device"] == "cuda" else "")
                if r["status"] == "ok" else r["reason"]),
 } for _, r in ours.iterrows()]
@@ -513,12 +515,18 @@ text = []
 lesson_mv = ok[ok["case"] == "lesson"]
 if len(lesson_mv):
     top = lesson_mv.sort_values("bandwidth_share").iloc[-1]
+    share = top["bandwidth_share"]
     text.append(
-        f"On the lesson's product, whose {num(top['bytes'] / 2**20)} MiB of operands are too "
-        f"large for most caches, the best backend ({series(top['backend'], top['device'], top['dtype'])}) "
-        f"moved {num(top['gb_s'])} GB/s, {pct(top['bandwidth_share'], 0)} of the copy bandwidth "
-        f"measured on the same device: "
-        + ("memory bandwidth is what limits it." if top["bandwidth_share"] >= 0.5 else
+        f"On the lesson's product ({num(top['bytes'] / 2**20)} MiB of operands), the best backend "
+        f"by bandwidth share ({series(top['backend'], top['device'], top['dtype'])}) moved "
+        f"{num(top['gb_s'])} GB/s, {pct(share, 0)} of the copy bandwidth measured on the same "
+        "device: "
+        + ("more than the copy benchmark reached. The timer repeats the same product, so a "
+           "processor with caches of this size serves much of the matrix from cache rather "
+           "than memory (or the copy benchmark streams less than a matrix product with all "
+           "threads does); either way the product is limited by how fast its bytes arrive, "
+           "not by arithmetic." if share > 1.05 else
+           "memory bandwidth is what limits it." if share >= 0.5 else
            "well below what the memory delivered in the copy benchmark, so this timing was "
            "held back by something besides bandwidth."))
 mv = ok[ok["case"] == "gemv"]
@@ -843,11 +851,13 @@ items = [
     + (" for every backend, timing " + ", ".join(
         s if s.startswith("`") else f"`{s}`" for s in stmts) if stmts else "")
     + ("; " + "; ".join(details) if details else "")
-    + (". Each time is the median of the timer's measured runs after warm-up ("
-       + (plural(int(runs.min()), "run") if runs.min() == runs.max()
-          else f"between {int(runs.min())} and {int(runs.max())} runs")
-       + " per product: the timer repeats a product until the minimum run time is reached); "
-       "the interquartile range is kept in the tables."
+    + (". The timer calls a product in blocks of many calls, long enough that reading the clock "
+       "(and, on CUDA, synchronising) costs nothing next to them, and repeats blocks until the "
+       "minimum run time is reached; each time is the median over blocks of the time per call ("
+       + (plural(int(runs.min()), "block") if runs.min() == runs.max()
+          else f"between {int(runs.min())} and {int(runs.max())} blocks")
+       + " per product, after warm-up). With few blocks the interquartile range, kept in the "
+       "tables, says little: raise `matmul.min_run_time_s` for a tighter spread."
        if len(runs) else "."),
     "**CUDA synchronisation.** GPU timings wait for the device before the clock is read, so "
     "they time the finished work; the lesson's `%timeit` did not.",
