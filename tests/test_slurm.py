@@ -17,6 +17,7 @@ Opt-in, because it installs system packages and starts root daemons: set MLPBENC
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -149,6 +150,27 @@ def test_profile_takes_partition_account_and_gpu_model_from_the_environment(tmp_
         assert res["slurm_partition"] == res["slurm_account"] == res.get("gpu_model", "") == "", res
 
 
+@contextlib.contextmanager
+def _cluster(keep: Path):
+    """A directory for a throwaway cluster; afterwards its daemons are stopped by PID, its logs
+    and job records are copied to ``keep`` (pytest's temp dir), and the directory is removed."""
+    # Not under pytest's temp dir: user munge must reach its socket, and pytest's dirs are 0700.
+    cluster_dir = Path(tempfile.mkdtemp(prefix="mlpbench-slurm-"))
+    try:
+        yield cluster_dir
+    finally:
+        # `run` stops its daemons in a trap; this covers a run killed before its trap could fire.
+        subprocess.run([str(CLUSTER), "stop", str(cluster_dir)], capture_output=True)
+        if (cluster_dir / "log").is_dir():
+            shutil.copytree(cluster_dir / "log", keep / "log")
+        keep.mkdir(parents=True, exist_ok=True)
+        pidfiles = sorted(p.name for p in (cluster_dir / "run").glob("*.pid"))
+        (keep / "pidfiles_left.txt").write_text("\n".join(pidfiles))
+        (keep / "gpu_devices.txt").write_text(str((cluster_dir / "gpu" / "nvidia0").is_char_device()))
+        (keep / "path.txt").write_text(str(cluster_dir))
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The tiny config run locally and through SLURM, side by side; the cluster's records."""
@@ -158,32 +180,28 @@ def runs(tmp_path_factory):
     _ensure_installed()
     base = tmp_path_factory.mktemp("slurm")
     local, cluster_run = _pipeline_copy(base / "local"), _pipeline_copy(base / "cluster")
-    # The cluster lives in its own directory under the system temp dir: user munge must reach it.
-    cluster_dir = Path(tempfile.mkdtemp(prefix="mlpbench-slurm-"))
+    records = base / "records"
     local_proc = subprocess.Popen(_snakemake("--cores", "2"), cwd=local, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        slurm = subprocess.run(
-            [str(CLUSTER), "run", str(cluster_dir), "--",
-             # A hung snakemake ignores a lone SIGTERM: -k follows it with SIGKILL.
-             "timeout", "-k", "15", str(RUN_TIMEOUT_S),
-             *_snakemake("--workflow-profile", "workflow/profiles/slurm",
-                         "--slurm-init-seconds-before-status-checks", "1",
-                         "--slurm-keep-successful-logs")],
-            cwd=cluster_run, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60,
-            # The test cluster has partitions `main` (its default) and `gpu`, both on its one node.
-            env={**os.environ, "SBATCH_PARTITION": "main", "MLPBENCH_SLURM_GPU_PARTITION": "gpu"},
-        )
+        with _cluster(records) as cluster_dir:
+            slurm = subprocess.run(
+                [str(CLUSTER), "run", str(cluster_dir), "--",
+                 # A hung snakemake ignores a lone SIGTERM: -k follows it with SIGKILL.
+                 "timeout", "-k", "15", str(RUN_TIMEOUT_S),
+                 *_snakemake("--workflow-profile", "workflow/profiles/slurm",
+                             "--slurm-init-seconds-before-status-checks", "1",
+                             "--slurm-keep-successful-logs")],
+                cwd=cluster_run, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60,
+                # The test cluster has partitions `main` (its default) and `gpu`, both on its node.
+                env={**os.environ, "SBATCH_PARTITION": "main", "MLPBENCH_SLURM_GPU_PARTITION": "gpu"},
+            )
         local_out, _ = local_proc.communicate(timeout=RUN_TIMEOUT_S)
     finally:
         local_proc.kill()
-        # `run` stops its daemons in a trap; this covers a run killed before its trap could fire.
-        stop = subprocess.run([str(CLUSTER), "stop", str(cluster_dir)], capture_output=True, text=True)
     assert local_proc.returncode == 0, local_out[-5000:]
-    assert slurm.returncode == 0, (slurm.stdout + slurm.stderr)[-8000:]
-    assert stop.returncode == 0, stop.stderr
-    yield {"local": local, "cluster": cluster_run, "cluster_dir": cluster_dir, "log": slurm.stderr}
-    shutil.rmtree(cluster_dir, ignore_errors=True)
+    assert slurm.returncode == 0, f"cluster logs in {records}\n" + (slurm.stdout + slurm.stderr)[-8000:]
+    return {"local": local, "cluster": cluster_run, "records": records}
 
 
 def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -235,14 +253,15 @@ def test_cuda_jobs_took_the_unavailable_path(runs):
 
 @needs_cluster
 def test_jobs_were_scheduled_as_the_profile_asks(runs):
-    cluster_dir = runs["cluster_dir"]
-    jobs = _parse_jobs((cluster_dir / "log" / "jobs.txt").read_text())
+    records = runs["records"]
+    jobs = _parse_jobs((records / "log" / "jobs.txt").read_text())
     # On the node, at allocation: job id | node | SLURM_JOB_GPUS | CUDA_VISIBLE_DEVICES.
     prolog = {}
-    for line in (cluster_dir / "log" / "prolog.log").read_text().splitlines():
+    for line in (records / "log" / "prolog.log").read_text().splitlines():
         job_id, node, gpus, _visible = line.split("|")
         prolog[job_id] = (node, gpus)
-    gpu_indices = (cluster_dir / "gpu" / "nvidia0").is_char_device()
+    # Stand-in GPUs are device nodes where mknod is allowed; only those carry a GPU index.
+    gpu_indices = (records / "gpu_devices.txt").read_text() == "True"
 
     seen = {}
     for job in jobs:
@@ -275,8 +294,7 @@ def test_default_machine_settings_work_on_a_cluster(tmp_path):
     workdir = _pipeline_copy(tmp_path / "pipeline")
     (workdir / "config" / "unnamed.yaml").write_text("machine_id: null\nmatmul: {threads: 0}\n")
     target = f"results/machine/{machine_id(None)}.json"
-    cluster_dir = Path(tempfile.mkdtemp(prefix="mlpbench-slurm-"))
-    try:
+    with _cluster(tmp_path / "records") as cluster_dir:
         done = subprocess.run(
             [str(CLUSTER), "run", str(cluster_dir), "--", "timeout", "-k", "15", "180",
              sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml",
@@ -284,9 +302,6 @@ def test_default_machine_settings_work_on_a_cluster(tmp_path):
              "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5", target],
             cwd=workdir, capture_output=True, text=True, timeout=240,
         )
-    finally:
-        subprocess.run([str(CLUSTER), "stop", str(cluster_dir)], capture_output=True)
-        shutil.rmtree(cluster_dir, ignore_errors=True)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     record = json.loads((workdir / target).read_text())
     if subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0:
@@ -295,8 +310,10 @@ def test_default_machine_settings_work_on_a_cluster(tmp_path):
 
 @needs_cluster
 def test_every_daemon_stopped(runs):
-    for name in DAEMONS:
-        assert not (runs["cluster_dir"] / "run" / f"{name}.pid").exists(), name
-    # No process of ours is left: none of them runs with this cluster's files.
-    leftover = subprocess.run(["pgrep", "-f", str(runs["cluster_dir"])], capture_output=True, text=True)
+    records = runs["records"]
+    # `stop` removes the PID file of each daemon it ended; none is left.
+    assert (records / "pidfiles_left.txt").read_text() == ""
+    # No process is left that runs with the cluster's files (munged, slurmctld, slurmd name them).
+    leftover = subprocess.run(["pgrep", "-af", (records / "path.txt").read_text()],
+                              capture_output=True, text=True)
     assert leftover.stdout.strip() == "", leftover.stdout
