@@ -52,7 +52,11 @@ FIGURES = {
 def usable_cores():
     """Cores this run may use: Snakemake's --cores, capped by the CPUs we are pinned to."""
     available = len(os.sched_getaffinity(0))
-    cores = workflow.cores
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        # A cluster executor without --cores: the CPUs this process may use.
+        return available
     return min(cores, available) if isinstance(cores, int) and cores > 0 else available
 
 

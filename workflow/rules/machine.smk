@@ -1,13 +1,15 @@
+# The file name comes from the target, not from this process's host name: on a cluster the job
+# re-parses the workflow on a node whose host name differs from the login node's.
 rule machine:
     output:
-        f"results/machine/{MACHINE_ID}.json",
+        "results/machine/{machine_id}.json",
     log:
-        "logs/machine.log",
-    conda:
-        "../envs/mlpbench.yaml"
+        "logs/machine/{machine_id}.log",
     params:
         config_hash=CONFIG_HASH,
-        machine_id=MACHINE_ID,
+        machine_id=lambda wildcards: wildcards.machine_id,
         matmul_threads=matmul_threads(),
+    conda:
+        "../envs/mlpbench.yaml"
     script:
         "../../scripts/machine.py"
