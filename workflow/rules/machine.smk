@@ -5,11 +5,11 @@ rule machine:
         "results/machine/{machine_id}.json",
     log:
         "logs/machine/{machine_id}.log",
+    conda:
+        "../envs/mlpbench.yaml"
     params:
         config_hash=CONFIG_HASH,
         machine_id=lambda wildcards: wildcards.machine_id,
         matmul_threads=matmul_threads(),
-    conda:
-        "../envs/mlpbench.yaml"
     script:
         "../../scripts/machine.py"
