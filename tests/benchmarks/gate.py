@@ -37,6 +37,20 @@ DEFAULT_BASELINE = "tests/benchmarks/baselines/ci-cpu-2core.json"
 # class (docs/benchmarks.md): the largest spread of a benchmark's median over clean runs was
 # 24 %; 40 % sits near sqrt(2) - 1, as far (in ratio) from that noise as from a 2x slowdown.
 DEFAULT_THRESHOLD = 40
+# What makes two machines one class: a baseline only judges runs on the same CPU model, core
+# count, torch build and GPU. Elsewhere its absolute times mean nothing, so the gate says so and
+# keeps only the machine-independent ratio checks.
+CLASS_KEYS = ("cpu_model", "logical_cores", "torch_version", "gpu")
+
+
+def machine_class() -> dict[str, Any]:
+    from mlpbench.machine import collect
+
+    record = collect(1, "-")
+    gpu = record["gpu"]
+    return {"cpu_model": record["cpu_model"], "logical_cores": record["logical_cores"],
+            "torch_version": record["versions"]["torch"],
+            "gpu": gpu["name"] if gpu["available"] else "none"}
 
 
 def _pytest(json_out: Path, extra: list[str]) -> int:
@@ -56,7 +70,8 @@ def _medians(path: Path) -> dict[str, float]:
     return {b["fullname"]: float(b["stats"]["median"]) for b in data["benchmarks"]}
 
 
-def gate(baseline: Path, threshold: float, json_out: Path | None, extra: list[str]) -> int:
+def gate(baseline: Path, threshold: float, json_out: Path | None, extra: list[str],
+         force: bool = False) -> int:
     if not baseline.is_file():
         print(f"gate: no baseline at {baseline}. Record one on this machine class with\n"
               f"  python {SUITE}/gate.py --spread 5 --save-baseline {baseline}", file=sys.stderr)
@@ -68,6 +83,19 @@ def gate(baseline: Path, threshold: float, json_out: Path | None, extra: list[st
         print(f"gate: the baseline was measured with {threads} thread(s), this run would use "
               f"{env_threads} (MLPBENCH_BENCH_THREADS): not comparable", file=sys.stderr)
         return 2
+    here = machine_class()
+    theirs = {key: saved["machine_info"].get(key) for key in CLASS_KEYS}
+    if here != theirs and not force:
+        print(f"gate: the baseline {baseline.name} is for another machine class\n"
+              f"  baseline: {theirs}\n  here:     {here}\n"
+              "gate: absolute comparison SKIPPED (record a baseline for this machine with "
+              f"--spread 5 --save-baseline, or pass --force); ratio checks still run",
+              file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            rc = _pytest(json_out or Path(tmp) / "benchmarks.json", extra)
+        print(f"gate: {'passed' if rc == 0 else f'FAILED (pytest exit code {rc})'} "
+              "(ratio checks only)")
+        return rc
     with tempfile.TemporaryDirectory() as tmp:
         out = json_out or Path(tmp) / "benchmarks.json"
         t0 = time.monotonic()
@@ -152,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("MLPBENCH_BENCH_THRESHOLD", DEFAULT_THRESHOLD)),
                         help="percent a median may rise above the baseline's (default: %(default)g)")
     parser.add_argument("--json", type=Path, help="also keep this run's pytest-benchmark JSON here")
+    parser.add_argument("--force", action="store_true",
+                        help="compare with the baseline even if it is for another machine class")
     parser.add_argument("--spread", type=int, metavar="N",
                         help="noise study: run the suite N times and print each median's spread")
     parser.add_argument("--keep", type=Path, help="with --spread: keep the runs' JSON in this folder")
@@ -167,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.save_baseline and args.save_baseline.resolve(), extra)
     if args.save_baseline or args.keep:
         parser.error("--save-baseline and --keep go with --spread")
-    return gate(args.baseline.resolve(), args.threshold, args.json and args.json.resolve(), extra)
+    return gate(args.baseline.resolve(), args.threshold, args.json and args.json.resolve(), extra,
+                force=args.force)
 
 
 if __name__ == "__main__":
