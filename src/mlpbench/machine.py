@@ -20,6 +20,7 @@ import torch
 from threadpoolctl import threadpool_info
 
 from mlpbench.config import config_hash as _hash_of
+from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.config import machine_id
 
 __all__ = ["BLAS_ENV_VARS", "KEYS", "collect", "machine_id"]
@@ -190,11 +191,10 @@ def _torch_blas() -> dict[str, Any]:
 
 
 def _gpu() -> dict[str, Any]:
-    if not torch.cuda.is_available():
-        build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
+    reason = cuda_unavailable_reason()
+    if reason:
         return {"available": False, "count": 0, "name": "none", "memory_gib": None,
-                "driver": "none", "cuda_version": torch.version.cuda or "none",
-                "reason": f"CUDA unavailable: torch.cuda.is_available() is False{build}"}
+                "driver": "none", "cuda_version": torch.version.cuda or "none", "reason": reason}
     props = torch.cuda.get_device_properties(0)
     return {
         "available": True,

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.machine import machine_id
 from mlpbench.timing import describe_method, measure
 
@@ -132,14 +133,6 @@ def validate_stage_inputs(
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def cuda_unavailable_reason() -> str | None:
-    """Why CUDA can't be used here, or None when it can."""
-    if torch.cuda.is_available():
-        return None
-    build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
-    return f"CUDA unavailable: torch.cuda.is_available() is False{build}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mlpbench.devices import cuda_unavailable_reason
 from . import data as datamod
 from . import ensemble as ens
 from .grid import (
@@ -123,13 +124,6 @@ def lesson_loop(
                 total = total + loss_value.detach() * idx.shape[0]
             loss_history.append((total / n).cpu().numpy())
     return np.array(loss_history, dtype=np.float32)
-
-
-def cuda_unavailable_reason() -> str | None:
-    """None when CUDA can run; otherwise the reason, for the tables' ``reason`` column."""
-    if torch.cuda.is_available():
-        return None
-    return "CUDA unavailable: torch.cuda.is_available() is False"
 
 
 def _dtype(table: str, column: str) -> str:
