@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-DEVICES = ("cpu", "cuda")
-
 
 def cuda_unavailable_reason() -> str | None:
     """None when CUDA can run here; otherwise the reason, as the tables' ``reason`` column says it."""
