@@ -651,7 +651,7 @@ figure("test_accuracy")
 #
 # The lesson asks what happens to the gradient of the first layer when many factors in its
 # chain rule are smaller than one. The figure shows the norm of each layer's weight gradient,
-# at initialisation and after training, for each depth.
+# at initialisation and after the same number of epochs for every depth.
 
 # %%
 #| echo: false
@@ -757,16 +757,20 @@ if cuda_train:
     md(f"**CUDA was unavailable for training:** {why(cuda_train)}. Only CPU times are shown, "
        f"and the table's CUDA column says so for every shape; the full table "
        f"(`tables/epoch_time.csv`) keeps a CUDA row per shape with this reason.")
-else:
+elif (ens["device"] == "cuda").any():
     cuda_rows = ens[ens["device"] == "cuda"]
     ratio = cuda_rows["speedup_vs_cpu"].median()
-    md(f"Across the {len(cuda_rows)} combinations of dataset and shape, the median CUDA epoch "
-       f"took {times(1 / ratio)} the CPU's time for the same ensemble. "
-       + ("The GPU is slower here because these networks are tiny: an epoch is a handful of "
-          "small kernels, and the fixed cost of launching each one outweighs the arithmetic."
-          if ratio < 1 else
-          "The GPU is faster here: batching all seeds into one ensemble gives each kernel "
-          "enough work to outweigh the fixed cost of launching it."))
+    if not np.isfinite(ratio):
+        md("CUDA and CPU epoch times were not measured for the same shapes, so this run cannot "
+           "compare them.")
+    else:
+        md(f"Across the {len(cuda_rows)} combinations of dataset and shape, the median CUDA "
+           f"epoch took {times(1 / ratio)} the CPU's time for the same ensemble. "
+           + ("The GPU is slower here because these networks are tiny: an epoch is a handful "
+              "of small kernels, and the fixed cost of launching each one outweighs the "
+              "arithmetic." if ratio < 1 else
+              "The GPU is faster here: batching all seeds into one ensemble gives each kernel "
+              "enough work to outweigh the fixed cost of launching it."))
 if len(ens):
     md(f"One epoch trains every seed of a shape together as one batched ensemble "
        f"({plural(int(ens['n_members'].max()), 'member')} at most); per member, an epoch took "

@@ -252,7 +252,9 @@ def train_frames(dataset: str, device: str, available: bool,
                     norm = scale * 0.6 ** (depth - layer) * (1 + 0.1 * seed)
                     tables["gradnorms"].append({"dataset": dataset, "device": device,
                                                 "width": width, "depth": depth, "lr": lr,
-                                                "seed": seed, "stage": stage, "layer": layer,
+                                                "seed": seed, "stage": stage,
+                                                "epochs": 0 if stage == "init" else min(checkpoints(width, depth)),
+                                                "layer": layer,
                                                 "grad_norm": float("nan") if blows_up else norm})
             for epochs in checkpoints(width, depth):
                 if blows_up:

@@ -60,7 +60,7 @@ def _write_train_dir(d: Path, metrics: pd.DataFrame, losses=None, timings=None, 
                                          "time_s", "time_per_epoch_s",
                                          "time_per_member_epoch_s", "status", "reason"]),
         "gradnorms": pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
-                                           "stage", "layer", "grad_norm"]),
+                                           "stage", "epochs", "layer", "grad_norm"]),
         "decision": pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
                                           "epochs", "x0", "x1"]),
         "predictions": pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr",
@@ -112,7 +112,7 @@ def hand_made(tmp_path):
                                  "status": "ok", "reason": ""}])
     grads = pd.DataFrame({
         "dataset": "toy", "device": "cpu", "width": 4, "depth": 1, "lr": 0.001,
-        "seed": [0, 1, 2, 0, 1, 2], "stage": "init", "layer": [0, 0, 0, 1, 1, 1],
+        "seed": [0, 1, 2, 0, 1, 2], "stage": "init", "epochs": 0, "layer": [0, 0, 0, 1, 1, 1],
         "grad_norm": [1.0, 2.0, 3.0, 0.5, 0.5, np.nan],
     })
     d_cpu = _write_train_dir(tmp_path / "train/toy/cpu", toy_cpu, losses, timings_cpu, grads)

@@ -537,7 +537,9 @@ def fig_grad_norms(tables: Tables) -> Figure:
         device, base = (_pick_device(g.assign(status="ok")) if len(g) else None), bases.get(dataset)
         for row, stage in enumerate(("init", "final")):
             ax = axes[row, col]
-            when = "at initialisation" if stage == "init" else "after training"
+            epochs = sorted(g.loc[g["stage"] == stage, "epochs"].unique())
+            when = ("at initialisation" if stage == "init" else
+                    f"after {int(epochs[0])} epochs" if len(epochs) == 1 else "after training")
             ax.set_title(f"{dataset} [{device}]: {when}"
                          + (f", width {int(base['width'])}" if base is not None else ""))
             if device is None or base is None:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from mlpbench.devices import cuda_unavailable_reason
-from mlpbench.machine import machine_id
+from mlpbench.config import machine_id
 from mlpbench.timing import describe_method, measure
 
 __all__ = [

@@ -159,7 +159,7 @@ _TIMINGS_COLS = [
     "host", "dataset", "device", "width", "depth", "n_members", "epochs_trained", "threads",
     "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
 ]
-_GRAD_COLS = [*SHAPE, "seed", "stage", "layer", "grad_norm"]
+_GRAD_COLS = [*SHAPE, "seed", "stage", "epochs", "layer", "grad_norm"]
 _DECISION_OUT_COLS = [
     "dataset", "device", "role", "width", "depth", "lr", "seed", "epochs", "test_acc",
     "test_acc_mean", "x0", "x1", "pred",
@@ -213,7 +213,9 @@ def matmul_table(raw: pd.DataFrame) -> pd.DataFrame:
     df = raw.reset_index(drop=True).copy()
     ok = (df["status"] == "ok") & (df["kind"] == "matmul")
     ref = df[ok & (df["backend"] == "numpy") & (df["device"] == "cpu")]
-    keys = ["host", "case", "m", "k", "n"]
+    # Not keyed by host: the aggregate reads one config's files, and on a cluster the CPU and CUDA
+    # jobs run on different nodes.
+    keys = ["case", "m", "k", "n"]
     # One reference time per key; if several NumPy rows share it (e.g. two thread counts),
     # their median stands for NumPy.
     ref = ref.groupby([*keys, "dtype"], as_index=False)["time_s_median"].median()
@@ -366,7 +368,7 @@ def loss_curves_table(losses: pd.DataFrame) -> pd.DataFrame:
 
 def epoch_time_table(timings: pd.DataFrame) -> pd.DataFrame:
     df = timings.reset_index(drop=True).copy()
-    keys = ["host", "dataset", "width", "depth", "method"]
+    keys = ["dataset", "width", "depth", "method"]  # not host: see matmul_table
     cpu = df[(df["device"] == "cpu") & (df["status"] == "ok")]
     cpu = cpu.groupby(keys, as_index=False)["time_per_epoch_s"].median()
     df = df.merge(cpu.rename(columns={"time_per_epoch_s": "_cpu"}), on=keys, how="left")
@@ -378,7 +380,7 @@ def epoch_time_table(timings: pd.DataFrame) -> pd.DataFrame:
 
 
 def grad_norms_table(grads: pd.DataFrame) -> pd.DataFrame:
-    keys = [*SHAPE, "stage", "layer"]
+    keys = [*SHAPE, "stage", "epochs", "layer"]
     g = grads.copy()
     g["grad_norm"] = g["grad_norm"].astype(float).where(np.isfinite(g["grad_norm"].astype(float)))
     out = _describe(g, keys, "grad_norm", "grad_norm").rename(columns={"n": "n_seeds"})
@@ -579,7 +581,8 @@ def build_tables(
 ) -> dict[str, pd.DataFrame]:
     """Read exactly the given files and return every table of the module docstring.
 
-    ``train_cfg`` is the config's ``train`` block (optional): its datasets' ``baseline``
+    ``train_cfg`` (optional) is ``{"datasets": {name: experiment}}`` for the data sets of this
+    run, each experiment as under the config's ``train.experiments``: its ``baseline``
     names the baseline (otherwise guessed, see ``infer_baselines``) and their data
     parameters let ``data_points`` regenerate the points for the decision-region figure
     (with ``points_loader``, default ``mlpbench.data.load``).

@@ -24,7 +24,6 @@ column lists in ``COLUMNS``). Conventions the tables follow:
 from __future__ import annotations
 
 import functools
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mlpbench.config import machine_id
 from mlpbench.devices import cuda_unavailable_reason
 from . import data as datamod
 from . import ensemble as ens
@@ -69,7 +69,9 @@ COLUMNS: dict[str, list[str]] = {
         "host", "dataset", "device", "width", "depth", "n_members", "epochs_trained", "threads",
         "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
     ],
-    "gradnorms": [*_ID, "stage", "layer", "grad_norm"],
+    # stage "init" (epochs 0) and "final": at the epoch count every shape of the plan shares (the
+    # baseline's in a sweep), so depths are compared after equal training.
+    "gradnorms": [*_ID, "stage", "epochs", "layer", "grad_norm"],
     "decision": [*_ID, "epochs", "x0", "x1"],  # + logit_0 .. logit_{C-1}
 }
 _DTYPES: dict[str, str] = {
@@ -158,7 +160,7 @@ def _unavailable_tables(
         "status": ["unavailable"] * k, "reason": [reason] * k,
     })
     timings = _frame("timings", {
-        "host": [socket.gethostname()] * k, "dataset": [dataset] * k, "device": [device] * k,
+        "host": [machine_id(None)] * k, "dataset": [dataset] * k, "device": [device] * k,
         "width": [p.width for p in plan], "depth": [p.depth for p in plan],
         "n_members": [n_seeds * len(p.lrs) for p in plan], "epochs_trained": [p.max_epochs for p in plan],
         "threads": [threads] * k, "method": ["ensemble"] * k, "time_s": np.nan,
@@ -274,6 +276,16 @@ def _checkpoint_columns(
     )
 
 
+def _shared_checkpoint(plan: list[ShapePlan], dataset_cfg: Mapping[str, Any]) -> int:
+    """The epoch count at which every shape is evaluated: the baseline's if all shapes have it
+    (always in a sweep), else the smallest shared one (a grid), else the shortest training."""
+    shared = set.intersection(*(set(shape.checkpoints) for shape in plan))
+    baseline = int(dataset_cfg.get("baseline", {}).get("epochs", 0))
+    if baseline in shared:
+        return baseline
+    return min(shared) if shared else min(shape.max_epochs for shape in plan)
+
+
 def _gradnorm_columns(
     arch: ens.Architecture, ds: datamod.Dataset, stages: dict[str, torch.Tensor], members: _Members,
     diverged_at: np.ndarray,
@@ -281,16 +293,17 @@ def _gradnorm_columns(
     y_onehot = datamod.one_hot(ds.y_train, ds.n_classes)
     n_layers, m = arch.depth + 1, len(members)
     norms = []
-    for stage, params in stages.items():
+    for stage, (epochs, params) in stages.items():
         g = ens.weight_grad_norms(arch, params, ds.x_train, y_onehot).double().cpu().numpy()
         if stage == "final":
-            g[diverged_at > 0] = np.nan
+            g[(diverged_at > 0) & (diverged_at <= epochs)] = np.nan
         norms.append(g.reshape(-1))
     every = np.ones(m, bool)
     return {
         "lr": np.tile(members.rows(every, n_layers)["lr"], len(stages)),
         "seed": np.tile(members.rows(every, n_layers)["seed"], len(stages)),
         "stage": np.repeat(list(stages), m * n_layers),
+        "epochs": np.repeat([epochs for epochs, _ in stages.values()], m * n_layers),
         "layer": np.tile(np.arange(n_layers), len(stages) * m),
         "grad_norm": np.concatenate(norms),
     }
@@ -320,7 +333,7 @@ def _decision_columns(
 
 def _train_shape(
     ds: datamod.Dataset, shape: ShapePlan, seeds: list[int], momentum: float,
-    batch_size: int | None, device: torch.device, grid_points: torch.Tensor,
+    batch_size: int | None, device: torch.device, grid_points: torch.Tensor, grad_epochs: int,
 ) -> tuple[dict[str, dict[str, Any]], float, float]:
     """Train one shape's ensemble; returns the columns of each table and the two timings."""
     arch = ens.Architecture(ds.n_features, shape.width, shape.depth, ds.n_classes)
@@ -339,13 +352,15 @@ def _train_shape(
     loop_time = _time_loop(arch, ds, seeds[0], shape.lrs[0], loop_epochs, momentum, batch_size, device)
 
     diverged_at = run.diverged_at.cpu().numpy()
-    final = run.snapshots[shape.max_epochs]
+    final_epochs = grad_epochs if grad_epochs in shape.checkpoints else shape.max_epochs
     metrics, predictions = _checkpoint_columns(arch, ds, run, members, shape.checkpoints, diverged_at)
     cols = {
         "losses": _loss_columns(run, members),
         "metrics": metrics,
         "predictions": predictions,
-        "gradnorms": _gradnorm_columns(arch, ds, {"init": params0, "final": final}, members, diverged_at),
+        "gradnorms": _gradnorm_columns(
+            arch, ds, {"init": (0, params0), "final": (final_epochs, run.snapshots[final_epochs])},
+            members, diverged_at),
         "decision": _decision_columns(arch, run, members, shape.checkpoints, diverged_at, grid_points),
     }
     ids = {"width": shape.width, "depth": shape.depth}
@@ -395,15 +410,17 @@ def run_training_job(
     logit_cols = [f"logit_{c}" for c in range(ds_cpu.n_classes)]
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in COLUMNS if name != "timings"}
     timing_rows = []
-    host = socket.gethostname()
+    host = machine_id(None)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         dev = torch.device(device)
         ds = ds_cpu.to(dev)
         grid_points = _decision_points(ds_cpu, resolution, margin)
+        grad_epochs = _shared_checkpoint(plan, dataset_cfg)
         for shape in plan:
-            cols, ens_time, loop_time = _train_shape(ds, shape, seeds, momentum, batch_size, dev, grid_points)
+            cols, ens_time, loop_time = _train_shape(ds, shape, seeds, momentum, batch_size, dev,
+                                                     grid_points, grad_epochs)
             for name, columns in cols.items():
                 columns = {"dataset": dataset_name, "device": device, **columns}
                 frames[name].append(_frame(name, columns, logit_cols if name == "decision" else []))

@@ -61,7 +61,8 @@ def usable_cores():
 
 
 def matmul_threads():
-    return config["matmul"]["threads"] or usable_cores()
+    # Snakemake lowers a rule's threads to --cores; cap here too so the record says what ran.
+    return min(config["matmul"]["threads"] or usable_cores(), usable_cores())
 
 
 def machine_file():
