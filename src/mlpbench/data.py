@@ -54,20 +54,25 @@ class Dataset:
         )
 
 
+def _dataset(name: str, x_train, y_train, x_test, y_test, n_classes: int) -> Dataset:
+    """Features as float32 and labels as int64 tensors, whatever they came as."""
+    return Dataset(
+        name=name,
+        x_train=torch.tensor(x_train).float(),
+        y_train=torch.tensor(y_train, dtype=torch.int64),
+        x_test=torch.tensor(x_test).float(),
+        y_test=torch.tensor(y_test, dtype=torch.int64),
+        n_classes=n_classes,
+    )
+
+
 def toy() -> Dataset:
     """The lesson's first-network data, point for point (labels 0,0,0,1,1,1,2,2,2; test 0,1,2)."""
     x_train = [[-2, -1], [-1, -1], [-1, -2], [2, -1], [1, -1], [1, -2], [2, 1], [1, 1], [1, 2]]
     y_train = [0, 0, 0, 1, 1, 1, 2, 2, 2]
     x_test = [[-2, -2], [2, -2], [2, 2]]
     y_test = [0, 1, 2]
-    return Dataset(
-        name="toy",
-        x_train=torch.tensor(x_train).float(),
-        y_train=torch.tensor(y_train, dtype=torch.int64),
-        x_test=torch.tensor(x_test).float(),
-        y_test=torch.tensor(y_test, dtype=torch.int64),
-        n_classes=3,
-    )
+    return _dataset("toy", x_train, y_train, x_test, y_test, n_classes=3)
 
 
 def blobs(
@@ -89,14 +94,7 @@ def blobs(
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=test_size, random_state=split_random_state
     )
-    return Dataset(
-        name="blobs",
-        x_train=torch.tensor(x_train).float(),
-        y_train=torch.tensor(y_train, dtype=torch.int64),
-        x_test=torch.tensor(x_test).float(),
-        y_test=torch.tensor(y_test, dtype=torch.int64),
-        n_classes=int(centers),
-    )
+    return _dataset("blobs", x_train, y_train, x_test, y_test, n_classes=int(centers))
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

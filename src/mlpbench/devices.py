@@ -11,3 +11,9 @@ def cuda_unavailable_reason() -> str | None:
         return None
     build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
     return f"CUDA unavailable: torch.cuda.is_available() is False{build}"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a clock read afterwards times finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mlpbench.devices import sync
 from .models import MLP
 
 # Private ATen ops (their out= variants), used because they are the kernels autograd runs for
@@ -289,11 +290,6 @@ def _lr_groups(lrs: Sequence[float]) -> list[tuple[slice, float]]:
     return groups
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_ensemble(
     arch: Architecture,
     params: torch.Tensor,
@@ -358,7 +354,7 @@ def train_ensemble(
         for p, step, keep, out, lr in groups:
             p.add_(torch.where(keep, step, zero, out=out), alpha=-lr)
 
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     if full_batch:
         xe = x.expand(m, *x.shape)
@@ -389,7 +385,7 @@ def train_ensemble(
             alive_epochs.add_(alive)
             if epoch in snap_at:
                 snapshots[epoch] = params.clone()
-    _sync(device)
+    sync(device)
     time_s = time.perf_counter() - t0
 
     epoch_idx = torch.arange(1, epochs + 1, device=device).unsqueeze(1)

@@ -6,7 +6,6 @@ missing GPU, git or package never stops the pipeline.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re

@@ -35,7 +35,6 @@ __all__ = [
     "DEVICES",
     "DTYPES",
     "Shape",
-    "cuda_unavailable_reason",
     "run_matmul_stage",
     "shapes_from_config",
     "validate_stage_inputs",

@@ -91,7 +91,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from mlpbench.io import write_csv_atomic, write_parquet_atomic
 
@@ -189,6 +188,8 @@ def _t_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
     """Half-width of Student's t 95 % interval of a mean; NaN for n < 2."""
     n = n.astype(float)
     dof = (n - 1).where(n >= 2)
+    from scipy import stats  # here: scipy is slow to import, and figures import this module
+
     t = pd.Series(stats.t.ppf(0.975, dof.to_numpy()), index=std.index)
     return t * std / np.sqrt(n)
 

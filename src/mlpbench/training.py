@@ -34,14 +34,13 @@ import torch
 from torch import nn
 
 from mlpbench.config import machine_id
-from mlpbench.devices import cuda_unavailable_reason
+from mlpbench.devices import cuda_unavailable_reason, sync
 from . import data as datamod
 from . import ensemble as ens
 from .grid import (
     ShapePlan,
     plan_shapes,
     resolve_seeds,
-    validate_dataset_cfg,
     validate_decision_grid,
     validate_device,
     validate_threads,
@@ -50,11 +49,8 @@ from .grid import (
 __all__ = [
     "COLUMNS",
     "LOOP_TIMING_EPOCHS",
-    "cuda_unavailable_reason",
     "lesson_loop",
-    "plan_shapes",
     "run_training_job",
-    "validate_dataset_cfg",
 ]
 
 LOOP_TIMING_EPOCHS = 200  # enough for a stable per-epoch time of the one-model loop
@@ -172,11 +168,6 @@ def _unavailable_tables(
     return tables
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_loop(
     arch: ens.Architecture, ds: datamod.Dataset, seed: int, lr: float, epochs: int,
     momentum: float, batch_size: int | None, device: torch.device,
@@ -188,10 +179,10 @@ def _time_loop(
         torch.manual_seed(seed)
         net = arch.module().to(device)
         gen = torch.Generator().manual_seed(seed)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         lesson_loop(net, ds.x_train, y, n_epochs, lr, momentum, batch_size, gen)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     with torch.random.fork_rng(devices=[]):  # seeding here must not change the caller's RNG
@@ -394,10 +385,9 @@ def run_training_job(
     restored afterwards.
     """
     validate_device(device)
-    validate_dataset_cfg(dataset_name, dataset_cfg)
     threads = validate_threads(threads)
     resolution, margin = validate_decision_grid(decision_grid)
-    plan = plan_shapes(dataset_cfg, dataset_name)
+    plan = plan_shapes(dataset_cfg, dataset_name)  # validates the config first
     seeds = resolve_seeds(dataset_cfg["seeds"], dataset_name)
     momentum = float(dataset_cfg.get("momentum") or 0.0)
     batch_size = dataset_cfg.get("batch_size")
