@@ -11,9 +11,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import torch
 
-import mlpbench.machine as machine
 from mlpbench.config import config_hash
-from mlpbench.machine import BLAS_ENV_VARS, KEYS, collect, machine_id
+from mlpbench.machine import BLAS_ENV_VARS, KEYS, collect
 
 CONFIG = {"matmul": {"dtypes": ["float32", "float64"], "threads": 2}, "machine_id": None}
 
