@@ -106,6 +106,7 @@ def test_machine_id_defaults_to_a_sanitised_short_hostname(monkeypatch):
         ("matmul:\n  threads: 1\n bad: 2\n", "is not valid YAML: line 3, column 2:"),
         ("", "must hold a mapping of keys at its top level, got nothing"),
         ("- cpu\n", "must hold a mapping of keys at its top level, got a list"),
+        ("threads\n", "must hold a mapping of keys at its top level, got 'threads'"),
     ],
 )
 def test_broken_config_file_is_named_in_one_line(tmp_path, text, expected):

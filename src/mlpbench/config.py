@@ -131,7 +131,7 @@ def read_config_file(path) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
-        got = "nothing" if data is None else f"a {type(data).__name__}"
+        got = "nothing" if data is None else "a list" if isinstance(data, list) else repr(data)
         raise ConfigError(f"config file {path} must hold a mapping of keys at its top level, "
                           f"got {got}")
     return data
