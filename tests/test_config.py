@@ -6,7 +6,16 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from mlpbench.config import config_hash, explain, key_path, machine_id
+from mlpbench.config import (
+    ConfigError,
+    command_line_value,
+    config_hash,
+    explain,
+    key_path,
+    machine_id,
+    main,
+    read_config_file,
+)
 from workflow_helpers import REPO, copy_pipeline, snakemake
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -87,3 +96,114 @@ def test_machine_id_defaults_to_a_sanitised_short_hostname(monkeypatch):
     monkeypatch.setattr(cfg.socket, "gethostname", lambda: "...")
     monkeypatch.setattr(cfg.platform, "node", lambda: "")
     assert machine_id(None) == "unknown-host"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("matmul:\n  threads: [1\n", "is not valid YAML: line 3, column 1: expected ',' or ']'"),
+        ("matmul:\n\tthreads: 1\n", "is not valid YAML: line 2, column 1: found character '\\t'"),
+        ("matmul:\n  threads: 1\n bad: 2\n", "is not valid YAML: line 3, column 2:"),
+        ("", "must hold a mapping of keys at its top level, got nothing"),
+        ("- cpu\n", "must hold a mapping of keys at its top level, got a list"),
+        ("threads\n", "must hold a mapping of keys at its top level, got 'threads'"),
+    ],
+)
+def test_broken_config_file_is_named_in_one_line(tmp_path, text, expected):
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        read_config_file(path)
+    message = str(raised.value)
+    assert message.startswith(f"config file {path} ") and expected in message, message
+    assert "\n" not in message
+
+
+def test_config_file_read_as_json_then_yaml(tmp_path):
+    (tmp_path / "a.json").write_text('{"matmul": {"threads": 2}}')
+    (tmp_path / "a.yaml").write_text("matmul: {threads: 2, devices: [cpu]}\nmachine_id: null\n")
+    assert read_config_file(tmp_path / "a.json") == {"matmul": {"threads": 2}}
+    assert read_config_file(tmp_path / "a.yaml") == {"matmul": {"threads": 2, "devices": ["cpu"]},
+                                                     "machine_id": None}
+    with pytest.raises(ConfigError, match=r"^config file \S+missing.yaml not found$"):
+        read_config_file(tmp_path / "missing.yaml")
+
+
+def test_command_line_values_are_read_as_yaml():
+    assert command_line_value("matmul={threads: 1, devices: [cpu]}") == {
+        "matmul": {"threads": 1, "devices": ["cpu"]}}
+    assert command_line_value('matmul={"threads": 1}') == {"matmul": {"threads": 1}}
+    assert command_line_value("train={experiments: {toy: {batch_size: null, lr: [0.01]}}}") == {
+        "train": {"experiments": {"toy": {"batch_size": None, "lr": [0.01]}}}}
+    # Plain values keep Snakemake's own reading.
+    assert command_line_value("machine_id=lab-pc") is None
+    assert command_line_value("machine_id=") is None
+    with pytest.raises(ConfigError, match=r"^--config matmul: '\{threads: 1' is not valid YAML: "
+                                          r"line 1, column 12: expected ',' or '\}'"):
+        command_line_value("matmul={threads: 1")
+    with pytest.raises(ConfigError, match="--config matmul: .* could not determine a constructor"):
+        command_line_value("matmul={a: !!python/name:os.system }")
+
+
+def test_check_command_names_broken_files(tmp_path, capsys):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("matmul: {threads: 2}\n")
+    bad.write_text("matmul: {threads: 2\n")
+    assert main([str(good)]) == 0
+    assert main([str(good), str(bad), str(tmp_path / "missing.yaml")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"config file {bad} is not valid YAML: line 2, column 1:")
+    assert err[1] == f"config file {tmp_path / 'missing.yaml'} not found"
+    assert len(err) == 2
+    assert main([]) == 2
+
+
+def one_line_error(result, fragment: str) -> str:
+    """The run failed before any job, without a traceback, with ``fragment`` on one line."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if fragment in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_broken_default_config_names_file_line_and_column(tmp_path):
+    work = copy_pipeline(tmp_path)
+    (work / "config" / "config.yaml").write_text("matmul:\n  threads: [1\n")
+    line = one_line_error(snakemake(work, "--dry-run"), "config/config.yaml")
+    assert "config file config/config.yaml is not valid YAML: line 3, column 1:" in line
+    assert not (work / "results").exists()
+
+
+def test_missing_default_config_is_one_line_unless_a_configfile_is_given(tmp_path):
+    work = copy_pipeline(tmp_path)
+    (work / "config" / "config.yaml").unlink()
+    one_line_error(snakemake(work, "--dry-run"),
+                   "Workflow defines configfile config/config.yaml but it is not present")
+    (work / "tiny.yaml").write_text((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    result = snakemake(work, "--dry-run", "--configfile", "tiny.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_broken_command_line_value_names_the_key(tmp_path):
+    work = copy_pipeline(tmp_path)
+    line = one_line_error(snakemake(work, "--dry-run", "--config", "matmul={threads: 1"), "--config matmul")
+    assert "'{threads: 1' is not valid YAML: line 1, column 12" in line
+
+
+def test_wrong_nested_command_line_value_is_a_schema_error(tmp_path):
+    work = copy_pipeline(tmp_path)
+    result = snakemake(work, "--dry-run", "--config", "matmul={threads: -1, devices: [cpu]}")
+    one_line_error(result, "invalid config at 'matmul.threads': -1 is not allowed")
+    result = snakemake(work, "--dry-run", "--config", "train={experiments: {toy: {sedes: 4}}}")
+    one_line_error(result, "invalid config at 'train.experiments.toy'")
+
+
+def test_snakemake_refuses_dotted_keys_as_the_readme_says(tmp_path):
+    work = copy_pipeline(tmp_path)
+    result = snakemake(work, "--dry-run", "--config", "matmul.threads=2")
+    assert result.returncode != 0
+    assert "Config entry must start with a valid identifier" in result.stdout + result.stderr
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert '--config matmul.threads=2` stops with "Config entry must start with a valid identifier"' in readme

@@ -1,8 +1,9 @@
-"""Config checks that turn a JSON-schema failure into one plain sentence.
+"""Reading and checking the config: every failure is one plain sentence.
 
 The workflow validates the config with ``snakemake.utils.validate`` against
-``workflow/schemas/config.schema.yaml`` before any job runs; this module only makes the
-resulting error readable: which key, which value, and what is allowed.
+``workflow/schemas/config.schema.yaml`` before any job runs; this module makes the resulting
+error readable (which key, which value, and what is allowed), reads config files with errors
+that name the file, line and column, and reads nested ``--config KEY={...}`` values as YAML.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import socket
 from typing import Any
 
+import yaml
 from jsonschema.exceptions import ValidationError
 
 
@@ -85,6 +87,72 @@ def find_validation_error(exc: BaseException) -> ValidationError | None:
     return None
 
 
+class ConfigError(ValueError):
+    """A config file or ``--config`` value that cannot be read; the message is one line."""
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line L, column C: problem (context at line L', column C')``, 1-based as editors count."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return " ".join(str(err).split())
+    where = ""
+    if err.problem_mark is not None:
+        where = f"line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}: "
+    text = err.problem or "invalid YAML"
+    if err.context:
+        context = err.context
+        mark = err.context_mark
+        if mark is not None and (err.problem_mark is None or mark.line != err.problem_mark.line
+                                 or mark.column != err.problem_mark.column):
+            context += f" at line {mark.line + 1}, column {mark.column + 1}"
+        text += f" ({context})"
+    return where + text
+
+
+def read_config_file(path) -> dict[str, Any]:
+    """Read a config file as Snakemake does (JSON first, then YAML) and return its mapping.
+
+    Raises ``ConfigError`` with a one-line message naming ``path``: the file is missing or
+    unreadable; it is not valid YAML (with the line and column of the problem, 1-based); or
+    its top level is not a mapping of keys (an empty file included).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
+    if not isinstance(data, dict):
+        got = "nothing" if data is None else "a list" if isinstance(data, list) else repr(data)
+        raise ConfigError(f"config file {path} must hold a mapping of keys at its top level, "
+                          f"got {got}")
+    return data
+
+
+def command_line_value(entry: str) -> dict[str, Any] | None:
+    """``{key: value}`` for a ``--config KEY=VALUE`` entry whose value is a YAML mapping or list.
+
+    ``matmul={threads: 1}`` gives ``{"matmul": {"threads": 1}}``: the value is read as YAML
+    (``yaml.safe_load``), exactly as the same text in a config file. Snakemake itself reads such
+    values with YAML's BaseLoader, which leaves every number inside them a string. Returns
+    ``None`` when the value does not start with ``{`` or ``[`` (a plain scalar, which Snakemake's
+    own reading keeps). Raises ``ConfigError`` naming the key when the value is not valid YAML.
+    """
+    key, _, text = entry.partition("=")
+    if not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        return {key: yaml.safe_load(text)}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {key}: {text!r} is not valid YAML: {_yaml_problem(err)}") from None
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -106,3 +174,31 @@ def machine_id(explicit: str | None = None) -> str:
     name = (socket.gethostname() or platform.node()).split(".")[0].lower()
     name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")
     return name or "unknown-host"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlpbench.config FILE...``: read each config file, one line per broken one.
+
+    Snakemake reads ``--configfile`` files before the workflow starts and names neither the file
+    nor the line of a YAML error; this names both. Returns the exit status (1 if any is broken).
+    """
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m mlpbench.config FILE...", file=sys.stderr)
+        return 2
+    status = 0
+    for path in paths:
+        try:
+            read_config_file(path)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            status = 1
+        else:
+            print(f"config file {path}: valid YAML, a mapping of keys")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,14 +2,48 @@ import os
 from pathlib import Path
 
 import yaml
+from snakemake.cli import parse_config
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version, update_config, validate
 
-from mlpbench.config import config_hash, explain, find_validation_error, machine_id
+from mlpbench.config import (
+    ConfigError,
+    command_line_value,
+    config_hash,
+    explain,
+    find_validation_error,
+    machine_id,
+    read_config_file,
+)
 
 min_version("9.0")
 
+DEFAULT_CONFIG = "config/config.yaml"
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+
+# Read the default file first: Snakemake's own error for a broken file names neither the file
+# nor the line. (A missing one is left to `configfile:`, which needs it only without --configfile.)
+if os.path.exists(DEFAULT_CONFIG):
+    try:
+        read_config_file(DEFAULT_CONFIG)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+
+
+configfile: DEFAULT_CONFIG
+
+
+# `--config KEY={...}`: Snakemake reads a nested value with YAML's BaseLoader, which leaves every
+# number and null in it a string. Read such values again as YAML, so that they mean what the same
+# text means in a config file, and merge them as Snakemake did (in order, nested keys merged,
+# lists replaced). Plain values keep Snakemake's reading.
+try:
+    command_line = {}
+    for entry in workflow.config_settings.config_args or []:
+        update_config(command_line, command_line_value(entry) or parse_config([entry]))
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+update_config(config, command_line)
 
 # Validate (and fill defaults) before any job is scheduled; turn the schema error into one
 # sentence naming the key, the value and what is allowed.
