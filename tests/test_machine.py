@@ -130,3 +130,36 @@ def test_mismatched_hash_and_bad_threads_are_rejected():
         collect(1, "abc", CONFIG)
     with pytest.raises(ValueError, match=r"^threads: got 0; allowed: an integer >= 1"):
         collect(0, config_hash(CONFIG))
+
+
+def test_thread_pools_in_a_fixed_order_whatever_the_load_order(monkeypatch):
+    import mlpbench.machine as machine
+
+    loaded = machine.threadpool_info()
+    fake = [  # two BLAS and an OpenMP runtime, as a process that imported scipy might hold
+        {"user_api": "openmp", "internal_api": "openmp", "prefix": "libgomp",
+         "filepath": "/x/torch/lib/libgomp.so.1", "version": None, "num_threads": 2},
+        {"user_api": "blas", "internal_api": "openblas", "prefix": "libscipy_openblas",
+         "filepath": "/x/scipy.libs/libscipy_openblas.so", "version": "0.3.27",
+         "num_threads": 2, "architecture": "Haswell", "threading_layer": "pthreads"},
+        {"user_api": "blas", "internal_api": "openblas", "prefix": "libscipy_openblas",
+         "filepath": "/x/numpy.libs/libscipy_openblas64_.so", "version": "0.3.31",
+         "num_threads": 2, "architecture": "SkylakeX", "threading_layer": "pthreads"},
+    ]
+    records = []
+    for order in (fake, fake[::-1], [fake[1], fake[0], fake[2]]):
+        monkeypatch.setattr(machine, "threadpool_info", lambda order=order: list(order))
+        records.append(collect(1, config_hash({}))["blas"])
+    assert records[0] == records[1] == records[2]
+    pools = records[0]["threadpools"]
+    assert [(p["user_api"], p["filepath"]) for p in pools] == [
+        ("blas", "/x/numpy.libs/libscipy_openblas64_.so"),
+        ("blas", "/x/scipy.libs/libscipy_openblas.so"),
+        ("openmp", "/x/torch/lib/libgomp.so.1"),
+    ]
+    assert records[0]["numpy"]["filename"] == "libscipy_openblas64_.so"
+    # the real list, read twice, gives the same record
+    monkeypatch.setattr(machine, "threadpool_info", lambda: list(loaded[::-1]))
+    reversed_blas = collect(1, config_hash({}))["blas"]["threadpools"]
+    monkeypatch.setattr(machine, "threadpool_info", lambda: list(loaded))
+    assert collect(1, config_hash({}))["blas"]["threadpools"] == reversed_blas

@@ -125,8 +125,17 @@ def _core_counts() -> tuple[int | None, int | None]:
 # --- BLAS --------------------------------------------------------------------------------------
 
 
+# Sort key of the thread pools in the record (see _threadpools).
+_POOL_ORDER = ("user_api", "internal_api", "prefix", "filepath", "version")
+
+
 def _threadpools() -> list[dict[str, Any]]:
-    """Every BLAS and OpenMP library threadpoolctl finds loaded in this process."""
+    """Every BLAS and OpenMP library threadpoolctl finds loaded in this process.
+
+    Sorted by API, implementation, prefix and file path: threadpoolctl lists libraries in the
+    order the process happened to load them, which changes with import order, so the raw list
+    would make two identical runs write different records.
+    """
     import numpy  # noqa: F401  (make sure NumPy's BLAS is loaded before asking)
 
     keep = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture",
@@ -136,7 +145,7 @@ def _threadpools() -> list[dict[str, Any]]:
         entry = {key: lib.get(key) for key in keep}
         entry["filepath"] = lib.get("filepath")
         out.append(entry)
-    return out
+    return sorted(out, key=lambda e: tuple(str(e[k] or "") for k in _POOL_ORDER))
 
 
 def _numpy_blas(pools: list[dict[str, Any]]) -> dict[str, Any]:

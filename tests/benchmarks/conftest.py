@@ -200,10 +200,29 @@ def pytest_benchmark_update_machine_info(config: pytest.Config,
     })
 
 
+# Tests of this run that did not run, with why: the gate names them when a baseline entry is
+# missing from the run ("skipped: CUDA unavailable" reads differently from "deselected").
+_not_run: dict[str, str] = {}
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        _not_run[item.nodeid] = "deselected (-k, -m or --deselect)"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.when in ("setup", "call"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _not_run[report.nodeid] = "skipped: " + reason.removeprefix("Skipped: ")
+
+
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
                                  output_json: dict[str, Any]) -> None:
-    """Saved JSON carries the ratio checks of the same run beside the timings."""
+    """Saved JSON carries the ratio checks of the same run beside the timings, and what did
+    not run (test id -> reason)."""
     output_json["mlpbench_ratios"] = config.stash.get(_RATIOS, [])
+    output_json["mlpbench_not_run"] = dict(sorted(_not_run.items()))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
