@@ -91,7 +91,8 @@ def test_next_run_after_a_kill_mid_write_starts_clean(tmp_path, killed):
     rerun = snakemake(work, "--cores", "1", TARGET)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert debris(work) == []
-    assert sorted(p.name for p in (work / OUT).iterdir()) == sorted(f"{t}.parquet" for t in TRAIN_TABLES)
+    finished = sorted(p.name for p in (work / OUT).iterdir())
+    assert finished == sorted(f"{table}.parquet" for table in TRAIN_TABLES)
     assert "left by an interrupted write" in (work / "logs/train/toy_cpu.log").read_text()
     again = snakemake(work, "-n", TARGET)
     assert "Nothing to be done" in again.stdout + again.stderr

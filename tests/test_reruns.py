@@ -57,7 +57,8 @@ def planned(pipeline) -> Counter:
         return Counter()
     stats = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\ntotal", result.stdout, re.S)
     assert stats, result.stdout[-3000:]
-    return Counter({rule: int(n) for rule, n in (line.split() for line in stats.group(1).splitlines())})
+    rows = (line.split() for line in stats.group(1).splitlines())
+    return Counter({rule: int(count) for rule, count in rows})
 
 
 def test_touching_unchanged_code_plans_nothing(pipeline):

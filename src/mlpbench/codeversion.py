@@ -35,14 +35,15 @@ def package_dir(package: str = PACKAGE) -> Path:
 def _module_file(name: str, root: Path) -> Path | None:
     """Source file of the dotted module ``name`` of the package at ``root``, if any."""
     parts = name.split(".")[1:]
-    base = root.joinpath(*parts)
-    for candidate in (base.with_name(base.name + ".py") if parts else None, base / "__init__.py"):
-        if candidate is not None and candidate.is_file():
-            return candidate
-    return None
+    candidates = [root.joinpath(*parts, "__init__.py")]
+    if parts:
+        candidates.insert(0, root.joinpath(*parts[:-1], parts[-1] + ".py"))
+    return next((c for c in candidates if c.is_file()), None)
 
 
-def _imports(source: Path, module: str | None, is_package: bool, package: str) -> tuple[set[str], set[str]]:
+def _imports(
+    source: Path, module: str | None, is_package: bool, package: str
+) -> tuple[set[str], set[str]]:
     """Modules of ``package`` that ``source`` imports: (certain, possible).
 
     ``module`` is the dotted name of ``source`` (None for a script outside the package); every
@@ -92,7 +93,9 @@ def imported_modules(*entry_files: str | os.PathLike, package: str = PACKAGE) ->
         certain, possible = _imports(source, module, is_package, package)
         for name in sorted(certain):
             if _module_file(name, root) is None:
-                raise ModuleNotFoundError(f"{source} imports {name}, which has no source file under {root}")
+                raise ModuleNotFoundError(
+                    f"{source} imports {name}, which has no source file under {root}"
+                )
         wanted = certain | {n for n in possible if _module_file(n, root) is not None}
         for name in sorted(wanted):
             parts = name.split(".")
@@ -100,8 +103,10 @@ def imported_modules(*entry_files: str | os.PathLike, package: str = PACKAGE) ->
                 prefix = ".".join(parts[:depth])
                 if prefix not in found:
                     path = _module_file(prefix, root)
-                    if path is None:  # a namespace folder without __init__.py
-                        raise ModuleNotFoundError(f"{source} imports {name}: {prefix} has no source file under {root}")
+                    if path is None:  # a folder without __init__.py
+                        raise ModuleNotFoundError(
+                            f"{source} imports {name}, but {prefix} has no source file under {root}"
+                        )
                     found[prefix] = path
                     queue.append((path, prefix, path.name == "__init__.py"))
     return dict(sorted(found.items()))
