@@ -99,3 +99,13 @@ def test_pipeline_scripts_resolve_in_the_real_package():
     found = imported_modules(REPO / "scripts" / "train.py")
     assert {"mlpbench", "mlpbench.io", "mlpbench.training", "mlpbench.models"} <= set(found)
     assert "mlpbench.figures" not in found
+
+
+def test_command_line_lists_modules_and_digest(capsys):
+    from mlpbench.codeversion import main
+    from workflow_helpers import REPO
+
+    main([str(REPO / "scripts" / "machine.py")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("mlpbench\t") and lines[-1].startswith("code version\t")
+    assert any(line.startswith("mlpbench.io\t") for line in lines)

@@ -126,3 +126,22 @@ def code_version(*entry_files: str | os.PathLike, package: str = PACKAGE) -> str
     for name, path in imported_modules(*entry_files, package=package).items():
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mlpbench.codeversion FILE...``: the modules a rule's code version covers."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mlpbench.codeversion",
+        description="Print the mlpbench modules the given entry files import, and their digest.",
+    )
+    parser.add_argument("files", nargs="+", help="a rule's script (and other entry files)")
+    args = parser.parse_args(argv)
+    for name, path in imported_modules(*args.files).items():
+        print(f"{name}\t{path}")
+    print(f"code version\t{code_version(*args.files)}")
+
+
+if __name__ == "__main__":
+    main()
