@@ -53,8 +53,8 @@ def _is_temp_of(candidate: str, name: str) -> bool:
 def remove_stale_temps(outputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Delete the temp files that interrupted atomic writes of ``outputs`` left beside them.
 
-    Call it when the job that owns ``outputs`` starts: Snakemake runs one job per output file,
-    so no live writer holds these temp files then. Only names of the form
+    Call it when the job that owns ``outputs`` starts: Snakemake gives each output file to one
+    job, so no live writer holds these temp files then. Only names of the form
     ``.NAME.XXXXXXXX.tmp`` for a NAME in ``outputs`` are touched (never the temps of a
     sibling whose name extends NAME); a missing folder is fine. Returns the removed paths,
     sorted.
