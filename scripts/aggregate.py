@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
 from mlpbench.tables import build_tables, write_tables
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
+    for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
+        log.warning("removed %s, left by an interrupted write", tmp)
     train_dirs = list(dict.fromkeys(str(Path(f).parent) for f in snakemake.input.train))  # noqa: F821
     tables = build_tables(
         matmul_files=list(snakemake.input.matmul),  # noqa: F821

@@ -1,10 +1,12 @@
 """Snakemake entry point: write this machine's provenance record."""
 
-from mlpbench.io import write_json_atomic
+from mlpbench.io import remove_stale_temps, write_json_atomic
 from mlpbench.joblog import job_log
 from mlpbench.machine import collect
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
+    for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
+        log.warning("removed %s, left by an interrupted write", tmp)
     record = collect(
         threads=snakemake.params.matmul_threads,  # noqa: F821
         config_hash=snakemake.params.config_hash,  # noqa: F821

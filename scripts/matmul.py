@@ -1,10 +1,12 @@
 """Snakemake entry point: time the matmul cases on one device."""
 
-from mlpbench.io import write_parquet_atomic
+from mlpbench.io import remove_stale_temps, write_parquet_atomic
 from mlpbench.joblog import job_log
 from mlpbench.matmul import run_matmul_stage, shapes_from_config
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
+    for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
+        log.warning("removed %s, left by an interrupted write", tmp)
     cfg = snakemake.params.cfg  # noqa: F821
     table = run_matmul_stage(
         device=snakemake.wildcards.device,  # noqa: F821

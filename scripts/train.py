@@ -1,10 +1,12 @@
 """Snakemake entry point: train one data set's grid on one device."""
 
-from mlpbench.io import write_parquet_atomic
+from mlpbench.io import remove_stale_temps, write_parquet_atomic
 from mlpbench.joblog import job_log
 from mlpbench.training import run_training_job
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
+    for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
+        log.warning("removed %s, left by an interrupted write", tmp)
     tables = run_training_job(
         dataset_name=snakemake.wildcards.dataset,  # noqa: F821
         dataset_cfg=snakemake.params.cfg,  # noqa: F821

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mlpbench.io import write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mlpbench.io import (
+    remove_stale_temps,
+    write_csv_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 
 def test_parquet_roundtrip_and_identical_bytes(tmp_path):
@@ -37,3 +43,38 @@ def test_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "t.csv").stat().st_mode) == 0o644
+
+
+def test_remove_stale_temps_takes_only_the_debris_of_the_given_outputs(tmp_path):
+    (tmp_path / "t.parquet").write_bytes(b"finished")
+    stale = [tmp_path / ".t.parquet.a1b2_c3d.tmp", tmp_path / ".u.csv.zz99yy88.tmp"]
+    kept = [
+        tmp_path / ".t.parquet.csv.a1b2c3d4.tmp",  # a temp of t.parquet.csv, another output
+        tmp_path / ".other.parquet.a1b2c3d4.tmp",
+        tmp_path / "t.parquet.a1b2c3d4.tmp",  # not hidden: not one of ours
+        tmp_path / ".t.parquet.a1b2c3d4.tmp.bak",
+    ]
+    for p in stale + kept:
+        p.write_bytes(b"half")
+    outputs = [tmp_path / "t.parquet", str(tmp_path / "u.csv"), tmp_path / "gone" / "x.json"]
+    removed = remove_stale_temps(outputs)
+    assert removed == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / "t.parquet", *kept])
+    assert (tmp_path / "t.parquet").read_bytes() == b"finished"
+
+
+def test_remove_stale_temps_finds_what_an_interrupted_writer_leaves(tmp_path, monkeypatch):
+    target = tmp_path / "t.parquet"
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # stands in for the signal; a SIGKILL would skip the cleanup too
+
+    monkeypatch.setattr(os, "replace", killed)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)  # as if killed
+    with pytest.raises(KeyboardInterrupt):
+        write_parquet_atomic(pd.DataFrame({"a": [1]}), target)
+    monkeypatch.undo()
+    [left] = list(tmp_path.iterdir())
+    assert left.name.startswith(".t.parquet.") and left.name.endswith(".tmp")
+    assert remove_stale_temps([target]) == [left]
+    assert list(tmp_path.iterdir()) == []

@@ -1,3 +1,6 @@
+from mlpbench.codeversion import code_version
+
+
 # The aggregate rule reads exactly the files this config asks for: outputs of an earlier,
 # different config that still lie in results/ are never globbed in.
 rule aggregate:
@@ -13,6 +16,7 @@ rule aggregate:
         "../envs/mlpbench.yaml"
     params:
         train_cfg={"datasets": selected_experiments()},
+        code=code_version(workflow.source_path("../../scripts/aggregate.py")),
     script:
         "../../scripts/aggregate.py"
 
@@ -34,5 +38,7 @@ rule figures:
         "logs/figures.log",
     conda:
         "../envs/mlpbench.yaml"
+    params:
+        code=code_version(workflow.source_path("../../scripts/figures.py")),
     script:
         "../../scripts/figures.py"

@@ -1,3 +1,6 @@
+from mlpbench.codeversion import code_version
+
+
 # The file name comes from the target, not from this process's host name: on a cluster the job
 # re-parses the workflow on a node whose host name differs from the login node's.
 rule machine:
@@ -11,5 +14,6 @@ rule machine:
         config_hash=CONFIG_HASH,
         machine_id=lambda wildcards: wildcards.machine_id,
         matmul_threads=matmul_threads(),
+        code=code_version(workflow.source_path("../../scripts/machine.py")),
     script:
         "../../scripts/machine.py"

@@ -1,3 +1,6 @@
+from mlpbench.codeversion import code_version
+
+
 # Timing jobs take the single `timing` slot (capped at 1 in the default profile) so that
 # no other job shares the cores they measure.
 rule matmul:
@@ -15,5 +18,6 @@ rule matmul:
         gpu=gpu_count,
     params:
         cfg=config["matmul"],
+        code=code_version(workflow.source_path("../../scripts/matmul.py")),
     script:
         "../../scripts/matmul.py"

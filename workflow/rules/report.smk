@@ -1,3 +1,6 @@
+from mlpbench.codeversion import code_version
+
+
 rule report:
     input:
         source="report/report.py",
@@ -9,5 +12,9 @@ rule report:
         "logs/report.log",
     conda:
         "../envs/mlpbench.yaml"
+    params:
+        code=code_version(
+            workflow.source_path("../../scripts/report.py"), "report/report.py"
+        ),
     script:
         "../../scripts/report.py"

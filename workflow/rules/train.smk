@@ -1,3 +1,6 @@
+from mlpbench.codeversion import code_version
+
+
 # One job per data set x device: each job trains every shape of its grid as batched ensembles,
 # so the ~2 s that importing torch costs is paid once per job, not once per model.
 rule train:
@@ -20,5 +23,6 @@ rule train:
     params:
         cfg=lambda wildcards: experiment(wildcards.dataset),
         decision_grid=config["train"]["decision_grid"],
+        code=code_version(workflow.source_path("../../scripts/train.py")),
     script:
         "../../scripts/train.py"
