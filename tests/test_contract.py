@@ -18,7 +18,8 @@ from mlpbench import contract, matmul, tables, training
 from mlpbench.contract import MATMUL, SUMMARY, TRAIN, ContractError
 from synthetic_results import CUDA_REASON, load_points, write_inputs
 
-TINY_MATMUL = dict(dtypes=["float32", "float64"], shapes=[("lesson", 1, 16, 8), ("square", 8, 8, 8)],
+TINY_MATMUL = dict(dtypes=["float32", "float64"],
+                   shapes=[("lesson", 1, 16, 8), ("square", 8, 8, 8)],
                    threads=1, min_run_time_s=0.001, bandwidth_mib=1)
 TINY_TRAIN = {
     "mode": "sweep",
@@ -299,3 +300,11 @@ def test_text_stored_as_large_string_is_the_same_text(synthetic):
     pq.write_table(data.set_column(i, "reason", data.column(i).cast(pa.large_string())), path)
     epoch_time = _build(synthetic)["epoch_time"]
     assert set(epoch_time["reason"]) == {"", CUDA_REASON}
+
+
+def test_a_gap_in_the_logit_columns_is_named(synthetic):
+    path = synthetic.train_dirs[0] / "decision.parquet"  # toy: logit_0 .. logit_2
+    pq.write_table(pq.read_table(path).drop_columns(["logit_1"]), path)
+    assert _one_line_error(synthetic) == (
+        f"{path}: pattern columns ['logit_0', 'logit_2'] are not logit_0 .. logit_1; "
+        "rerun: snakemake --cores 4 --forcerun train")

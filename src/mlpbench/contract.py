@@ -445,15 +445,18 @@ FIGURES: dict[str, str] = {
 # --------------------------------------------------------------------------- writing
 
 
-def _pattern_names(table: Table, names: Iterable[str]) -> list[str]:
+def _pattern_names(table: Table, names: Iterable[str], where: PathLike | None = None,
+                   remedy: str = "") -> list[str]:
     """The pattern columns among ``names``, in index order; ContractError if not 0..C-1."""
     if table.pattern is None:
         return []
     found = [n for n in names if table.pattern.matches(n)]
     found.sort(key=lambda n: int(n[len(table.pattern.prefix):]))
     if found != table.pattern_columns(len(found)):
-        raise ContractError(f"{table.path}: pattern columns {found} are not "
-                            f"{table.pattern.prefix}0 .. {table.pattern.prefix}{len(found) - 1}")
+        prefix = table.pattern.prefix
+        tail = f"; {remedy}" if remedy else ""
+        raise ContractError(f"{where or table.path}: pattern columns {found} are not "
+                            f"{prefix}0 .. {prefix}{len(found) - 1}{tail}")
     return found
 
 
@@ -465,10 +468,10 @@ def to_arrow(df: pd.DataFrame, table: Table) -> pa.Table:
     column declared not nullable).
     """
     names = [str(c) for c in df.columns]
-    missing = [c for c in table.column_names if c not in names]
+    missing = [c for c in table.columns if c.name not in names]
     if missing:
-        raise ContractError(f"{table.path}: column {missing[0]!r} missing "
-                            f"(expected {table.columns[table.column_names.index(missing[0])].type})")
+        raise ContractError(f"{table.path}: column {missing[0].name!r} missing "
+                            f"(expected {missing[0].type})")
     extra = _pattern_names(table, names)
     for name in names:
         if name not in table.column_names and name not in extra:
@@ -523,7 +526,7 @@ def pandas_dtypes(table: Table, pattern_count: int = 0) -> dict[str, str]:
     for field in table.schema(table.pattern_columns(pattern_count)):
         t = field.type
         if pa.types.is_integer(t):
-            dtype = t.__str__().capitalize() if field.nullable else str(t)
+            dtype = str(t).capitalize() if field.nullable else str(t)
         elif pa.types.is_floating(t):
             dtype = {16: "float16", 32: "float32", 64: "float64"}[t.bit_width]
         elif pa.types.is_boolean(t):
@@ -561,10 +564,7 @@ def check(found: pa.Schema, table: Table, where: PathLike) -> list[str]:
         if not _same_type(got, column.type):
             raise ContractError(f"{where}: column {column.name!r}: expected {column.type}, "
                                 f"found {got}; {remedy}")
-    try:
-        extra = _pattern_names(table, names)
-    except ContractError as exc:
-        raise ContractError(f"{where}: {str(exc).split(': ', 1)[1]}; {remedy}") from None
+    extra = _pattern_names(table, names, where, remedy)
     for name in names:
         if name not in table.column_names and name not in extra:
             raise ContractError(f"{where}: unexpected column {name!r} (not in the "
