@@ -1,7 +1,8 @@
 """Small, contract-shaped stage outputs for tests of the tables, figures and report.
 
 The numbers are made up but plausible (float64 slower than float32, losses that fall, one
-seed that diverges), and every file has exactly the columns the stages write.
+seed that diverges), and every file is written with its declared schema
+(``mlpbench.contract``), as the stages write them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlpbench.io import write_json_atomic, write_parquet_atomic
+from mlpbench import contract
+from mlpbench.io import write_json_atomic
 
 HOST = "synthhost"
 CUDA_REASON = "CUDA unavailable: torch.cuda.is_available() is False"
@@ -265,8 +267,11 @@ def train_frames(dataset: str, device: str, available: bool,
     frames["decision"] = (pd.concat([pd.DataFrame(d) for d in tables["decision"]],
                                     ignore_index=True)
                           if tables["decision"] else
-                          pd.DataFrame(columns=["dataset", "device", "width", "depth", "lr", "seed",
-                                                "epochs", "x0", "x1"]))
+                          contract.empty_frame(contract.TRAIN["decision"], n_classes))
+    for name, df in frames.items():
+        if df.empty:  # e.g. no losses when the device was unavailable
+            frames[name] = contract.empty_frame(contract.TRAIN[name],
+                                                n_classes if name == "decision" else 0)
     return frames
 
 
@@ -307,7 +312,7 @@ def write_inputs(root: Path, *, cuda: bool = False, diverged: bool = True) -> Sy
     matmul_files = []
     for device in ("cpu", "cuda"):
         path = root / "matmul" / f"{device}.parquet"
-        write_parquet_atomic(matmul_frame(device, cuda), path)
+        contract.write(matmul_frame(device, cuda), path, contract.MATMUL)
         matmul_files.append(path)
     train_dirs = []
     for dataset in DATASETS:
@@ -315,7 +320,7 @@ def write_inputs(root: Path, *, cuda: bool = False, diverged: bool = True) -> Sy
             d = root / "train" / dataset / device
             available = device == "cpu" or cuda
             for stem, df in train_frames(dataset, device, available, diverged).items():
-                write_parquet_atomic(df, d / f"{stem}.parquet")
+                contract.write(df, d / f"{stem}.parquet", contract.TRAIN[stem])
             train_dirs.append(d)
     machine = root / "machine" / f"{HOST}.json"
     write_json_atomic(machine_info(cuda), machine)

@@ -11,7 +11,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import mlpbench.matmul as mm
-from mlpbench.io import write_parquet_atomic
+from mlpbench.contract import MATMUL, read, write
 from mlpbench.matmul import COLUMNS, run_matmul_stage, shapes_from_config
 from mlpbench.timing import blas_num_threads
 
@@ -103,8 +103,8 @@ def test_threads_applied_then_restored(cpu_run):
 
 def test_table_survives_parquet(cpu_table, tmp_path):
     path = tmp_path / "cpu.parquet"
-    write_parquet_atomic(cpu_table, path)
-    back = pd.read_parquet(path)
+    write(cpu_table, path, MATMUL)
+    back = read(path, MATMUL).to_pandas()
     assert list(back.columns) == COLUMNS
     assert back["n_runs"].dtype == np.int64 and back["gflop_s"].dtype == np.float64
     pd.testing.assert_frame_equal(back, cpu_table, check_dtype=False)

@@ -7,7 +7,7 @@ import torch
 
 from mlpbench import data
 from mlpbench.grid import ShapePlan, plan_shapes, resolve_seeds, validate_dataset_cfg
-from mlpbench.io import write_parquet_atomic
+from mlpbench.contract import TRAIN, write
 from mlpbench.models import MLP
 from mlpbench.training import COLUMNS, lesson_loop, run_training_job
 
@@ -212,8 +212,8 @@ def test_job_reruns_are_identical_bytes(toy_job, tmp_path):
         if name == "timings":
             continue
         pd.testing.assert_frame_equal(toy_job[name], again[name])
-        write_parquet_atomic(toy_job[name], tmp_path / f"a_{name}.parquet")
-        write_parquet_atomic(again[name], tmp_path / f"b_{name}.parquet")
+        write(toy_job[name], tmp_path / f"a_{name}.parquet", TRAIN[name])
+        write(again[name], tmp_path / f"b_{name}.parquet", TRAIN[name])
         assert (tmp_path / f"a_{name}.parquet").read_bytes() == (tmp_path / f"b_{name}.parquet").read_bytes()
 
 

@@ -1,6 +1,8 @@
 """The lesson's matmul comparison, measured right: NumPy vs torch on CPU vs torch on CUDA.
 
-One row per backend x device x dtype x case x shape x kind (see ``COLUMNS``). Every backend is
+One row per backend x device x dtype x case x shape x kind; the columns, their types and units
+are declared in :data:`mlpbench.contract.MATMUL` (write the table with
+``mlpbench.contract.write(df, path, MATMUL)``). Every backend is
 timed by :func:`mlpbench.timing.measure`; each row is set against a bandwidth reference measured
 in the same stage on the same device, so a GEMV can be judged by the share of the memory
 bandwidth it reaches rather than by its GFLOP/s.
@@ -24,8 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.config import machine_id
+from mlpbench.contract import MATMUL, matmul_bytes, matmul_flop
+from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.timing import describe_method, measure
 
 __all__ = [
@@ -46,11 +49,7 @@ CASES = ("lesson", "square", "gemv")
 BACKENDS = {"cpu": ("numpy", "torch"), "cuda": ("torch",)}  # NumPy has no GPU
 KINDS = {"cpu": ("matmul",), "cuda": ("matmul", "h2d", "d2h")}  # transfers exist on cuda only
 
-COLUMNS = [
-    "host", "backend", "device", "dtype", "case", "kind", "m", "k", "n", "threads", "method",
-    "time_s_median", "time_s_iqr", "n_runs", "number_per_run", "flop", "bytes", "gflop_s",
-    "gb_s", "intensity_flop_per_byte", "bandwidth_gb_s", "bandwidth_share", "status", "reason",
-]
+COLUMNS = MATMUL.column_names  # the table's columns, declared in mlpbench.contract
 _MEASURED = ["time_s_median", "time_s_iqr", "gflop_s", "gb_s", "bandwidth_gb_s", "bandwidth_share"]
 
 Shape = tuple[str, int, int, int]  # (case, m, k, n)
@@ -155,12 +154,12 @@ class _Job:
 
     @property
     def flop(self) -> float:
-        return 2.0 * self.m * self.k * self.n if self.kind == "matmul" else 0.0
+        return matmul_flop(self.m, self.k, self.n) if self.kind == "matmul" else 0.0
 
     def nbytes(self, bandwidth_mib: int) -> float:
         m, k, n, size = self.m, self.k, self.n, self.itemsize
         if self.kind == "matmul":
-            return float((m * k + k * n + m * n) * size)
+            return matmul_bytes(m, k, n, size)
         if self.kind == "h2d":
             return float(k * n * size)
         if self.kind == "d2h":

@@ -1,8 +1,11 @@
 """Aggregate the per-job result files into the tidy tables the figures and the report read.
 
 ``build_tables`` takes explicit file lists (exactly the files the config asks for, never a
-glob, so a stale file from an earlier config cannot leak in) and returns the tables below;
-``write_tables`` writes each as ``<name>.parquet`` and ``<name>.csv``, atomically.
+glob, so a stale file from an earlier config cannot leak in), checks each against its
+declared schema (``mlpbench.contract``: a damaged or outdated file stops the aggregation with
+one line naming it and the rule to rerun, it is never skipped) and returns the tables below;
+``write_tables`` writes each as ``<name>.parquet`` (with its declared schema) and
+``<name>.csv``, atomically.
 
 Statistics over seeds
 ---------------------
@@ -16,10 +19,8 @@ fractions in [0, 1]; losses are the mean cross-entropy in nats.
 Tables and their columns
 ------------------------
 ``matmul``
-    Every input row of ``results/matmul/*.parquet`` with all its columns (host, backend,
-    device, dtype, case, kind, m, k, n, threads, method, time_s_median, time_s_iqr, n_runs,
-    number_per_run, flop, bytes, gflop_s, gb_s, intensity_flop_per_byte, bandwidth_gb_s,
-    bandwidth_share, status, reason), plus
+    Every input row of ``results/matmul/*.parquet`` with all its columns (declared in
+    ``mlpbench.contract.MATMUL``), plus
 
     - ``speedup_vs_numpy_float64``: time of NumPy float64 on the CPU for the same host, case
       and shape divided by this row's time. On ``case == "lesson"`` this is the speed-up
@@ -46,9 +47,8 @@ Tables and their columns
     min-max band (the spread of single seeds).
 
 ``epoch_time``
-    Every row of ``timings.parquet`` (host, dataset, device, width, depth, n_members,
-    epochs_trained, threads, method, time_s, time_per_epoch_s, time_per_member_epoch_s,
-    status, reason) including ``unavailable`` rows, plus ``speedup_vs_cpu``: the CPU's
+    Every row of ``timings.parquet`` (columns declared in ``mlpbench.contract.TRAIN``)
+    including ``unavailable`` rows, plus ``speedup_vs_cpu``: the CPU's
     time per epoch for the same host, dataset, shape and method divided by this row's.
 
 ``grad_norms``
@@ -75,10 +75,17 @@ Tables and their columns
     x0, x1, label.
 
 ``machine``
-    One row per machine file: machine_id (the record's, else the file stem) and its keys
-    flattened with ``_`` (e.g. ``gpu_available``, ``versions_torch``); nested lists are JSON
-    strings, the recorded config is one JSON string, ``config_json``, and the whole record
-    (without the config) is ``record_json``.
+    One row per machine file: machine_id (the record's, else the file stem), the record's
+    scalar keys flattened with ``_`` (host, cpu_model, cores, threads, ``gpu_*``, git and
+    config hash), the recorded config as one JSON string, ``config_json``, and the whole
+    record (without the config) as ``record_json`` (BLAS details and package versions are
+    read from there).
+
+``findings``
+    One row per conclusion the report states (see ``mlpbench.contract.SUMMARY["findings"]``).
+
+Every table's columns, Arrow types, units and meanings are declared in
+:mod:`mlpbench.contract`; this docstring explains how the numbers are computed.
 """
 
 from __future__ import annotations
@@ -92,21 +99,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlpbench.io import write_csv_atomic, write_parquet_atomic
+from mlpbench import contract
+from mlpbench.contract import MATMUL, SUMMARY, SUMMARY_TABLES, TRAIN, matmul_bytes, matmul_flop
+from mlpbench.io import write_csv_atomic
 
 PathLike = str | os.PathLike
 
-TABLE_NAMES = (
-    "matmul",
-    "train_summary",
-    "loss_curves",
-    "epoch_time",
-    "grad_norms",
-    "lesson_reference",
-    "decision_regions",
-    "data_points",
-    "machine",
-)
+TABLE_NAMES = SUMMARY_TABLES  # declared, with their columns, in mlpbench.contract
 METRICS = ("loss", "train_acc", "test_acc")
 HOMEWORK_AXES = ("epochs", "width", "depth", "lr")
 SHAPE = ["dataset", "device", "width", "depth", "lr"]
@@ -146,39 +145,17 @@ LESSON_NUMBERS = [
     },
 ]
 
-# Empty-table schemas, so every table exists with its columns even when a stage had no rows.
-_MATMUL_COLS = [
-    "host", "backend", "device", "dtype", "case", "kind", "m", "k", "n", "threads", "method",
-    "time_s_median", "time_s_iqr", "n_runs", "number_per_run", "flop", "bytes", "gflop_s",
-    "gb_s", "intensity_flop_per_byte", "bandwidth_gb_s", "bandwidth_share", "status", "reason",
-]
-_METRICS_COLS = [*SHAPE, "seed", "epochs", "loss", "train_acc", "test_acc", "status", "reason"]
-_LOSSES_COLS = [*SHAPE, "seed", "epoch", "loss"]
-_TIMINGS_COLS = [
-    "host", "dataset", "device", "width", "depth", "n_members", "epochs_trained", "threads",
-    "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
-]
-_GRAD_COLS = [*SHAPE, "seed", "stage", "epochs", "layer", "grad_norm"]
-_DECISION_OUT_COLS = [
-    "dataset", "device", "role", "width", "depth", "lr", "seed", "epochs", "test_acc",
-    "test_acc_mean", "x0", "x1", "pred",
-]
-_POINT_COLS = ["dataset", "split", "x0", "x1", "label"]
-
 
 # --------------------------------------------------------------------------- reading
 
 
-def _read_many(files: Sequence[PathLike], columns: list[str]) -> pd.DataFrame:
-    frames = [pd.read_parquet(f) for f in files]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    return pd.concat(frames, ignore_index=True)
+def _read_many(files: Sequence[PathLike], table: contract.Table) -> pd.DataFrame:
+    """Every file, checked against its contract and concatenated (empty files included)."""
+    return contract.read_many(list(files), table)
 
 
-def _read_train(train_dirs: Sequence[PathLike], stem: str, columns: list[str]) -> pd.DataFrame:
-    return _read_many([Path(d) / f"{stem}.parquet" for d in train_dirs], columns)
+def _read_train(train_dirs: Sequence[PathLike], stem: str) -> pd.DataFrame:
+    return _read_many([Path(d) / f"{stem}.parquet" for d in train_dirs], TRAIN[stem])
 
 
 # --------------------------------------------------------------------------- statistics
@@ -238,8 +215,8 @@ def lesson_reference_table() -> pd.DataFrame:
     rows = []
     for item in LESSON_NUMBERS:
         itemsize = np.dtype(item["dtype"]).itemsize
-        flop = 2.0 * m * k * n
-        nbytes = float((m * k + k * n + m * n) * itemsize)
+        flop = matmul_flop(m, k, n)
+        nbytes = matmul_bytes(m, k, n, itemsize)
         rows.append(
             {
                 "source": "lesson",
@@ -351,9 +328,7 @@ def train_summary_table(
 def loss_curves_table(losses: pd.DataFrame) -> pd.DataFrame:
     curve = [*SHAPE, "seed"]
     if len(losses) == 0:
-        cols = [*SHAPE, "epoch", "n_seeds", "n_diverged", "loss_mean", "loss_std",
-                "loss_ci95_low", "loss_ci95_high", "loss_min", "loss_max"]
-        return pd.DataFrame(columns=cols)
+        return contract.empty_frame(SUMMARY["loss_curves"])
     finite = np.isfinite(losses["loss"].to_numpy(dtype=float))
     bad = losses.loc[~finite, curve].drop_duplicates()
     bad_count = bad.groupby(SHAPE).size().rename("n_diverged").reset_index()
@@ -462,10 +437,7 @@ def decision_regions_table(
 ) -> pd.DataFrame:
     """Baseline and best variant per dataset, each at its own checkpoint and one
     representative seed, as arg-max classes on the decision grid."""
-    decision = _read_train(decision_dirs, "decision", [*SHAPE, "seed", "epochs", "x0", "x1"])
-    if len(decision) and "epochs" not in decision.columns:
-        raise ValueError("decision.parquet has no 'epochs' column (written by an older "
-                         "version of the training stage): rerun the training stage")
+    decision = _read_train(decision_dirs, "decision")
     frames = []
     for dataset, dec in decision.groupby("dataset", sort=True):
         device = _pick_device(dec)
@@ -506,9 +478,10 @@ def decision_regions_table(
                 "x0": grid["x0"].to_numpy(dtype=float), "x1": grid["x1"].to_numpy(dtype=float),
                 "pred": np.argmax(grid[logits].to_numpy(dtype=float), axis=1).astype("int64"),
             }))
+    columns = SUMMARY["decision_regions"].column_names
     if not frames:
-        return pd.DataFrame(columns=_DECISION_OUT_COLS)
-    return pd.concat(frames, ignore_index=True)[_DECISION_OUT_COLS]
+        return contract.empty_frame(SUMMARY["decision_regions"])
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def data_points_table(
@@ -520,8 +493,9 @@ def data_points_table(
     ``loader(name, cfg)`` returns x_train, y_train, x_test, y_test (as attributes or keys);
     it defaults to ``mlpbench.data.load``.
     """
+    columns = SUMMARY["data_points"].column_names
     if not datasets_cfg:
-        return pd.DataFrame(columns=_POINT_COLS)
+        return contract.empty_frame(SUMMARY["data_points"])
     if loader is None:
         from mlpbench.data import load as loader  # late: only this table needs the data
 
@@ -535,7 +509,7 @@ def data_points_table(
                 y = y.argmax(axis=1)
             frames.append(pd.DataFrame({"dataset": name, "split": split, "x0": x[:, 0],
                                         "x1": x[:, 1], "label": y.astype("int64")}))
-    return pd.concat(frames, ignore_index=True)[_POINT_COLS]
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -547,26 +521,26 @@ def _field(obj: Any, name: str) -> Any:
 
 
 def machine_table(machine_files: Sequence[PathLike]) -> pd.DataFrame:
+    """One row per machine record, with the columns declared in ``contract.SUMMARY["machine"]``:
+    the record's scalar keys flattened with ``_`` (``gpu_available``, ...), the config as
+    ``config_json`` and the whole record (without the config) as ``record_json``."""
+    table = SUMMARY["machine"]
     rows = []
     for path in machine_files:
         info = json.loads(Path(path).read_text())
         config = info.pop("config", None)  # the whole config: one JSON cell, not 100 columns
         flat = pd.json_normalize(info, sep="_").iloc[0].to_dict()
-        flat = {k: (json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
-                for k, v in flat.items()}
-        if config is not None:
-            flat["config_json"] = json.dumps(config, sort_keys=True, default=str)
-        # The nested record as well, for readers that want its structure (the report).
-        flat["record_json"] = json.dumps(info, sort_keys=True, default=str)
-        rows.append({"machine_id": Path(path).stem, **flat})
+        row = {name: flat.get(name) for name in table.column_names}
+        row["machine_id"] = info.get("machine_id") or Path(path).stem
+        row["config_json"] = (None if config is None
+                              else json.dumps(config, sort_keys=True, default=str))
+        # The nested record, for readers that want what the columns leave out (BLAS, versions).
+        row["record_json"] = json.dumps(info, sort_keys=True, default=str)
+        rows.append(row)
     if not rows:
-        return pd.DataFrame(columns=["machine_id"])
-    df = pd.DataFrame(rows)
-    for col in df.columns[df.dtypes == object]:
-        kinds = {type(v) for v in df[col].dropna()}
-        if len(kinds) > 1:  # e.g. a GPU's memory on one machine, "none" on another
-            df[col] = df[col].map(lambda v: None if v is None else str(v))
-    return df
+        return contract.empty_frame(table)
+    # The contract's types (a GPU's memory is a float, or null without a GPU).
+    return contract.to_arrow(pd.DataFrame(rows, columns=table.column_names), table).to_pandas()
 
 
 # --------------------------------------------------------------------------- entry points
@@ -588,18 +562,18 @@ def build_tables(
     parameters let ``data_points`` regenerate the points for the decision-region figure
     (with ``points_loader``, default ``mlpbench.data.load``).
     """
-    metrics = _read_train(train_dirs, "metrics", _METRICS_COLS)
+    metrics = _read_train(train_dirs, "metrics")
     datasets_cfg = (train_cfg or {}).get("datasets") or {}
     baselines = infer_baselines(metrics)
     baselines.update({name: cfg["baseline"] for name, cfg in datasets_cfg.items()
                       if "baseline" in cfg})
     summary = train_summary_table(metrics, baselines)
     return {
-        "matmul": matmul_table(_read_many(matmul_files, _MATMUL_COLS)),
+        "matmul": matmul_table(_read_many(matmul_files, MATMUL)),
         "train_summary": summary,
-        "loss_curves": loss_curves_table(_read_train(train_dirs, "losses", _LOSSES_COLS)),
-        "epoch_time": epoch_time_table(_read_train(train_dirs, "timings", _TIMINGS_COLS)),
-        "grad_norms": grad_norms_table(_read_train(train_dirs, "gradnorms", _GRAD_COLS)),
+        "loss_curves": loss_curves_table(_read_train(train_dirs, "losses")),
+        "epoch_time": epoch_time_table(_read_train(train_dirs, "timings")),
+        "grad_norms": grad_norms_table(_read_train(train_dirs, "gradnorms")),
         "lesson_reference": lesson_reference_table(),
         "decision_regions": decision_regions_table(summary, metrics, train_dirs),
         "data_points": data_points_table(datasets_cfg, points_loader),
@@ -608,19 +582,30 @@ def build_tables(
 
 
 def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: PathLike) -> list[Path]:
-    """Write each table as ``<name>.parquet`` and ``<name>.csv``; returns the paths written."""
+    """Write each table as ``<name>.parquet`` (with its declared schema, see
+    :mod:`mlpbench.contract`) and ``<name>.csv``; returns the paths written.
+
+    Raises ``mlpbench.contract.ContractError`` for a name that is not a declared summary
+    table or a frame that does not match its declaration, before anything is written.
+    """
     out = Path(out_dir)
+    unknown = [name for name in tables if name not in SUMMARY]
+    if unknown:
+        raise contract.ContractError(f"table {unknown[0]!r}: not a declared summary table; "
+                                     f"declared: {', '.join(SUMMARY)}")
+    arrow = {name: contract.to_arrow(df, SUMMARY[name]) for name, df in tables.items()}
     written = []
     for name, df in tables.items():
-        for suffix, writer in ((".parquet", write_parquet_atomic), (".csv", write_csv_atomic)):
-            path = out / f"{name}{suffix}"
-            writer(df, path)
-            written.append(path)
+        path = out / f"{name}.parquet"
+        contract.write_arrow(arrow[name], path)
+        write_csv_atomic(df[list(arrow[name].schema.names)], out / f"{name}.csv")
+        written += [path, out / f"{name}.csv"]
     return written
 
 
 def load_tables(tables_dir: PathLike) -> dict[str, pd.DataFrame]:
-    """Read back the parquet tables that exist in ``tables_dir``."""
+    """Read back the summary tables that exist in ``tables_dir``, each checked against its
+    contract (``mlpbench.contract.ContractError`` names a damaged file and the remedy)."""
     d = Path(tables_dir)
-    return {name: pd.read_parquet(d / f"{name}.parquet")
+    return {name: contract.read(d / f"{name}.parquet", SUMMARY[name]).to_pandas()
             for name in TABLE_NAMES if (d / f"{name}.parquet").exists()}

@@ -1,7 +1,8 @@
 """The lesson's training loop, and one training job: one dataset on one device, every shape.
 
-``run_training_job`` returns the tidy tables of ``results/train/{dataset}/{device}/`` (see the
-column lists in ``COLUMNS``). Conventions the tables follow:
+``run_training_job`` returns the tidy tables of ``results/train/{dataset}/{device}/``; their
+columns, types and units are declared in :data:`mlpbench.contract.TRAIN` (write each with
+``mlpbench.contract.write(df, path, TRAIN[name])``). Conventions the tables follow:
 
 * ``losses.epoch`` runs 1..E; its loss is the one computed *before* that epoch's step, as the
   lesson's ``loss_history`` holds (with mini-batches: the sample-weighted mean of the epoch's
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from mlpbench.config import machine_id
+from mlpbench.contract import TRAIN, pandas_dtypes
 from mlpbench.devices import cuda_unavailable_reason, sync
 from . import data as datamod
 from . import ensemble as ens
@@ -56,29 +58,8 @@ __all__ = [
 LOOP_TIMING_EPOCHS = 200  # enough for a stable per-epoch time of the one-model loop
 WARMUP_EPOCHS = 3  # untimed, so one-off costs (allocator, BLAS/cuBLAS set-up) stay out of timings
 
-_ID = ["dataset", "device", "width", "depth", "lr", "seed"]
-COLUMNS: dict[str, list[str]] = {
-    "losses": [*_ID, "epoch", "loss"],
-    "metrics": [*_ID, "epochs", "loss", "train_acc", "test_acc", "status", "reason"],
-    "predictions": [*_ID, "epochs", "point", "label", "pred"],
-    "timings": [
-        "host", "dataset", "device", "width", "depth", "n_members", "epochs_trained", "threads",
-        "method", "time_s", "time_per_epoch_s", "time_per_member_epoch_s", "status", "reason",
-    ],
-    # stage "init" (epochs 0) and "final": at the epoch count every shape of the plan shares (the
-    # baseline's in a sweep), so depths are compared after equal training.
-    "gradnorms": [*_ID, "stage", "epochs", "layer", "grad_norm"],
-    "decision": [*_ID, "epochs", "x0", "x1"],  # + logit_0 .. logit_{C-1}
-}
-_DTYPES: dict[str, str] = {
-    "dataset": "object", "device": "object", "width": "int64", "depth": "int64", "lr": "float64",
-    "seed": "int64", "epoch": "int64", "epochs": "int64", "loss": "float64", "train_acc": "float64",
-    "test_acc": "float64", "status": "object", "reason": "object", "point": "int64", "label": "int64",
-    "pred": "int64", "host": "object", "n_members": "int64", "epochs_trained": "int64",
-    "threads": "int64", "method": "object", "time_s": "float64", "time_per_epoch_s": "float64",
-    "time_per_member_epoch_s": "float64", "stage": "object", "layer": "int64", "grad_norm": "float64",
-    "x0": "float32", "x1": "float32",
-}
+COLUMNS: dict[str, list[str]] = {name: table.column_names for name, table in TRAIN.items()}
+# decision: + logit_0 .. logit_{C-1} (the pattern declared in mlpbench.contract)
 
 
 def lesson_loop(
@@ -124,21 +105,17 @@ def lesson_loop(
     return np.array(loss_history, dtype=np.float32)
 
 
-def _dtype(table: str, column: str) -> str:
-    if table == "metrics" and column == "seed":
-        return "Int64"  # nullable: an "unavailable" row has no seed
-    return _DTYPES.get(column, "float32")  # the rest: decision logits
-
-
 def _frame(name: str, columns: Mapping[str, Any], extra: list[str] = ()) -> pd.DataFrame:
+    dtypes = pandas_dtypes(TRAIN[name], len(extra))
     order = [*COLUMNS[name], *extra]
     df = pd.DataFrame({c: columns[c] for c in order}, columns=order)
-    return df.astype({c: _dtype(name, c) for c in order})
+    return df.astype({c: dtypes[c] for c in order})
 
 
 def _empty(name: str, n_classes: int = 0) -> pd.DataFrame:
-    extra = [f"logit_{c}" for c in range(n_classes)] if name == "decision" else []
-    return pd.DataFrame({c: pd.Series(dtype=_dtype(name, c)) for c in [*COLUMNS[name], *extra]})
+    count = n_classes if name == "decision" else 0
+    return pd.DataFrame({c: pd.Series(dtype=dt)
+                         for c, dt in pandas_dtypes(TRAIN[name], count).items()})
 
 
 def _unavailable_tables(

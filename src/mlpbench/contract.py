@@ -1,0 +1,643 @@
+"""The results contract: every table the pipeline writes, declared once.
+
+Each stage table (``results/matmul/``, ``results/train/``) and each summary table
+(``results/tables/``) is a :class:`Table`: its path, the rule that writes it, and its columns,
+each with an Arrow type, a unit and a one-line meaning. Units are also in the column names
+(``time_s``, ``gb_s``, ``intensity_flop_per_byte``); ``unit`` is ``None`` for labels and ids,
+``"1"`` for counts and dimensionless ratios.
+
+Writers go through :func:`write` (or :func:`to_arrow`), so an empty table has the same schema
+as a full one and a table that does not match its contract is refused before it is written.
+Readers go through :func:`read` / :func:`read_many`, which check each file against its
+contract and stop with one line naming the file, the column, what was expected and what was
+found, and the command that writes the file again (:class:`ContractError`). A file that is
+missing or not a readable parquet file is named the same way; no file is ever skipped.
+
+Text columns are declared ``string``; a file that stores them as ``large_string`` (what
+pandas >= 3 writes for its ``str`` dtype) is read as the same text. Every other type must
+match exactly. Floating-point NaN is stored as a null, so a column whose values may be NaN
+is declared nullable.
+
+This module imports only the standard library and pyarrow, so the workflow can take the
+table and figure names from here while it builds the DAG (pandas is imported by pyarrow only
+when a frame is converted).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = [
+    "Column",
+    "ColumnPattern",
+    "ContractError",
+    "FIGURES",
+    "MATMUL",
+    "SUMMARY",
+    "SUMMARY_TABLES",
+    "TRAIN",
+    "TRAIN_TABLES",
+    "Table",
+    "all_tables",
+    "check",
+    "describe",
+    "empty_frame",
+    "pandas_dtypes",
+    "matmul_bytes",
+    "matmul_flop",
+    "read",
+    "read_many",
+    "to_arrow",
+    "write",
+    "write_arrow",
+]
+
+PathLike = str | os.PathLike
+COMPRESSION = "zstd"
+
+
+class ContractError(ValueError):
+    """A table that does not match its declaration: the message is one line, naming the file
+    (or table), the column, expected vs found, and the command that writes the file again."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: name (snake_case, unit in the name), Arrow type, unit, meaning."""
+
+    name: str
+    type: pa.DataType
+    description: str
+    unit: str | None = None
+    nullable: bool = False
+
+    def field(self) -> pa.Field:
+        meta = {"description": self.description}
+        if self.unit is not None:
+            meta["unit"] = self.unit
+        return pa.field(self.name, self.type, nullable=self.nullable, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ColumnPattern:
+    """A run of columns ``<prefix>0``, ``<prefix>1``, ... whose count depends on the data
+    (e.g. one logit per class); they follow the fixed columns, in index order."""
+
+    prefix: str
+    type: pa.DataType
+    description: str
+    unit: str | None = None
+    nullable: bool = False
+
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(re.escape(self.prefix) + r"(0|[1-9][0-9]*)", name) is not None
+
+    def column(self, name: str) -> Column:
+        return Column(name, self.type, self.description.replace("<i>", name[len(self.prefix):]),
+                      self.unit, self.nullable)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A declared table: ``path`` (template), ``rule`` (the Snakemake rule that writes it),
+    ``description`` (one row is ...), ``columns`` and an optional ``pattern``."""
+
+    name: str
+    path: str
+    rule: str
+    description: str
+    columns: tuple[Column, ...]
+    pattern: ColumnPattern | None = None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def remedy(self) -> str:
+        return f"rerun: snakemake --cores 4 --forcerun {self.rule}"
+
+    def schema(self, extra: Iterable[str] = ()) -> pa.Schema:
+        """The Arrow schema; ``extra`` names the pattern columns present (e.g. ``logit_0``)."""
+        return pa.schema([c.field() for c in self.columns]
+                         + [self._pattern_column(n).field() for n in extra])
+
+    def pattern_columns(self, count: int) -> list[str]:
+        """Names of ``count`` pattern columns: ``[<prefix>0, ..., <prefix>{count-1}]``."""
+        if self.pattern is None:
+            return []
+        return [f"{self.pattern.prefix}{i}" for i in range(count)]
+
+    def _pattern_column(self, name: str) -> Column:
+        if self.pattern is None or not self.pattern.matches(name):
+            raise ContractError(f"{self.path}: unexpected column {name!r} (not in the "
+                                f"{self.name} table's contract)")
+        return self.pattern.column(name)
+
+
+# --------------------------------------------------------------------------- column vocabulary
+
+STR, I64, F64, F32, BOOL = pa.string(), pa.int64(), pa.float64(), pa.float32(), pa.bool_()
+
+
+def _c(name: str, type_: pa.DataType, description: str, unit: str | None = None,
+       nullable: bool = False) -> Column:
+    return Column(name, type_, description, unit, nullable)
+
+
+_DATASET = _c("dataset", STR, "data set: toy (the lesson's nine points) or blobs (make_blobs)")
+_DEVICE = _c("device", STR, "device the work ran on: cpu or cuda")
+_WIDTH = _c("width", I64, "units per hidden layer", "1")
+_DEPTH = _c("depth", I64, "number of hidden layers", "1")
+_LR = _c("lr", F64, "SGD learning rate", "1")
+_SEED = _c("seed", I64, "seed of torch.manual_seed before the weights were drawn", "1")
+_EPOCHS = _c("epochs", I64, "checkpoint: SGD epochs taken before the evaluation", "1")
+_STATUS = _c("status", STR, "ok, diverged (non-finite loss), unavailable (device absent) or error")
+_REASON = _c("reason", STR, "why the status is not ok; empty when ok")
+_HOST = _c("host", STR, "machine id of the host that ran the job")
+_THREADS = _c("threads", I64, "CPU threads given to torch and NumPy's BLAS", "1")
+_SHAPE = (_DATASET, _DEVICE, _WIDTH, _DEPTH, _LR)
+_MEMBER = (*_SHAPE, _SEED)
+
+
+def matmul_flop(m: int, k: int, n: int) -> float:
+    """Floating-point operations of (m x k) @ (k x n): 2·m·k·n (a multiply and an add)."""
+    return 2.0 * m * k * n
+
+
+def matmul_bytes(m: int, k: int, n: int, itemsize: int) -> float:
+    """Operand bytes of (m x k) @ (k x n): every element of x, y and z once."""
+    return float((m * k + k * n + m * n) * itemsize)
+
+
+# --------------------------------------------------------------------------- stage tables
+
+_MATMUL_COLUMNS = (
+    _HOST,
+    _c("backend", STR, "library that ran the product: numpy or torch"),
+    _DEVICE,
+    _c("dtype", STR, "element type of the operands: float32 or float64"),
+    _c("case", STR, "lesson (the lesson's product), square, gemv, or bandwidth (the copy)"),
+    _c("kind", STR, "matmul (x @ y), h2d (copy y to the GPU), d2h (copy z back) or copy "
+                    "(the bandwidth reference)"),
+    _c("m", I64, "rows of x and z", "1"),
+    _c("k", I64, "columns of x, rows of y", "1"),
+    _c("n", I64, "columns of y and z", "1"),
+    _THREADS,
+    _c("method", STR, "how it was timed: timer, statement, warm-up, threads, synchronisation"),
+    _c("time_s_median", F64, "median time of one call", "s", True),
+    _c("time_s_iqr", F64, "interquartile range of the per-call times", "s", True),
+    _c("n_runs", I64, "measured blocks (0 when not measured)", "1"),
+    _c("number_per_run", I64, "calls per measured block (0 when not measured)", "1"),
+    _c("flop", F64, "floating-point operations of one call: 2·m·k·n for matmul, 0 otherwise",
+       "FLOP"),
+    _c("bytes", F64, "bytes moved by one call: operands (m·k + k·n + m·n)·itemsize for matmul; "
+                     "read + written for copy", "B"),
+    _c("gflop_s", F64, "flop / time_s_median / 1e9", "GFLOP/s", True),
+    _c("gb_s", F64, "bytes / time_s_median / 1e9", "GB/s", True),
+    _c("intensity_flop_per_byte", F64, "arithmetic intensity: flop / bytes", "FLOP/B", True),
+    _c("bandwidth_gb_s", F64, "best copy rate measured on this device", "GB/s", True),
+    _c("bandwidth_share", F64, "gb_s / bandwidth_gb_s", "1", True),
+    _STATUS,
+    _REASON,
+)
+
+MATMUL = Table(
+    "matmul", "results/matmul/{device}.parquet", "matmul",
+    "one row per backend x device x dtype x case x shape x kind",
+    _MATMUL_COLUMNS,
+)
+
+_TIMINGS_COLUMNS = (
+    _HOST, _DATASET, _DEVICE, _WIDTH, _DEPTH,
+    _c("n_members", I64, "networks trained at once (seeds x learning rates; 1 for the loop)", "1"),
+    _c("epochs_trained", I64, "epochs in the timed run", "1"),
+    _THREADS,
+    _c("method", STR, "ensemble (all members batched) or loop (the lesson's loop, one member)"),
+    _c("time_s", F64, "wall time of the timed run (CUDA synchronised)", "s", True),
+    _c("time_per_epoch_s", F64, "time_s / epochs_trained", "s", True),
+    _c("time_per_member_epoch_s", F64, "time_s / epochs_trained / n_members", "s", True),
+    _STATUS, _REASON,
+)
+
+_TRAIN_DIR = "results/train/{dataset}/{device}/"
+TRAIN: dict[str, Table] = {
+    t.name: t for t in (
+        Table("losses", _TRAIN_DIR + "losses.parquet", "train",
+              "one row per member x epoch",
+              (*_MEMBER,
+               _c("epoch", I64, "epoch 1..E; its loss is the one before that epoch's step", "1"),
+               _c("loss", F64, "mean cross-entropy on the training set (NaN after divergence)",
+                  "nat", True))),
+        Table("metrics", _TRAIN_DIR + "metrics.parquet", "train",
+              "one row per member x checkpoint (one row per shape when the device was "
+              "unavailable: seed null)",
+              (*_SHAPE[:4], _c("lr", F64, "SGD learning rate (null when an unavailable row "
+                                          "stands for several)", "1", True),
+               _c("seed", I64, "seed of torch.manual_seed (null when unavailable)", "1", True),
+               _EPOCHS,
+               _c("loss", F64, "full-batch training loss after `epochs` steps", "nat", True),
+               _c("train_acc", F64, "accuracy on the training set", "1", True),
+               _c("test_acc", F64, "accuracy on the test set", "1", True),
+               _STATUS, _REASON)),
+        Table("predictions", _TRAIN_DIR + "predictions.parquet", "train",
+              "one row per member x checkpoint x test point (diverged members left out)",
+              (*_MEMBER, _EPOCHS,
+               _c("point", I64, "index of the test point", "1"),
+               _c("label", I64, "true class", "1"),
+               _c("pred", I64, "predicted class (arg-max of the logits)", "1"))),
+        Table("timings", _TRAIN_DIR + "timings.parquet", "train",
+              "one row per shape x method", _TIMINGS_COLUMNS),
+        Table("gradnorms", _TRAIN_DIR + "gradnorms.parquet", "train",
+              "one row per member x stage x Linear layer",
+              (*_MEMBER,
+               _c("stage", STR, "init (epochs 0) or final (the epoch count all shapes share)"),
+               _EPOCHS,
+               _c("layer", I64, "index of the Linear layer: 0 first, depth the output", "1"),
+               _c("grad_norm", F64, "Frobenius norm of the weight's full-batch gradient "
+                                    "(NaN once the member diverged)", "1", True))),
+        Table("decision", _TRAIN_DIR + "decision.parquet", "train",
+              "one row per checkpoint x member x grid point (x0 fastest), members diverged by "
+              "then left out",
+              (*_MEMBER, _EPOCHS,
+               _c("x0", F32, "first input feature of the grid point"),
+               _c("x1", F32, "second input feature of the grid point")),
+              ColumnPattern("logit_", F32, "logit of class <i> at the grid point (one column "
+                                           "per class: logit_0 .. logit_{C-1})")),
+    )
+}
+TRAIN_TABLES: tuple[str, ...] = tuple(TRAIN)
+
+
+# --------------------------------------------------------------------------- summary tables
+
+
+def _stats(prefix: str, what: str, unit: str | None, *, n: bool = False) -> tuple[Column, ...]:
+    cols = [
+        _c(f"{prefix}_mean", F64, f"mean {what} over seeds", unit, True),
+        _c(f"{prefix}_std", F64, f"sample standard deviation (ddof 1) of {what}", unit, True),
+        _c(f"{prefix}_ci95_low", F64, f"lower end of Student's t 95 % interval of the mean "
+                                      f"{what} (NaN below 2 seeds)", unit, True),
+        _c(f"{prefix}_ci95_high", F64, f"upper end of that interval", unit, True),
+        _c(f"{prefix}_min", F64, f"smallest {what} of a single seed", unit, True),
+        _c(f"{prefix}_max", F64, f"largest {what} of a single seed", unit, True),
+    ]
+    return tuple(cols)
+
+
+_SUMMARY_DIR = "results/tables/"
+
+
+def _summary(name: str, description: str, columns: Sequence[Column]) -> Table:
+    return Table(name, f"{_SUMMARY_DIR}{name}.parquet", "aggregate", description, tuple(columns))
+
+
+SUMMARY: dict[str, Table] = {
+    t.name: t for t in (
+        _summary("matmul", "every row of results/matmul/*.parquet, plus the speed-ups", (
+            *_MATMUL_COLUMNS,
+            _c("speedup_vs_numpy_float64", F64, "time of NumPy float64 on the CPU for the same "
+               "case and shape / this row's time", "1", True),
+            _c("speedup_vs_numpy_same_dtype", F64, "the same against NumPy of this row's dtype",
+               "1", True),
+        )),
+        _summary("train_summary", "one row per dataset x device x width x depth x lr x epochs", (
+            _DATASET, _DEVICE, _WIDTH, _DEPTH,
+            _c("lr", F64, "SGD learning rate (null when an unavailable row stands for several)",
+               "1", True),
+            _EPOCHS,
+            _c("variant", STR, "baseline, or the homework axes that differ from it "
+                               "(epochs/width/depth/lr, joined by +)"),
+            _c("status", STR, "ok; diverged when every seed diverged; unavailable"),
+            _REASON,
+            _c("n_seeds", I64, "seeds trained", "1"),
+            _c("n_ok", I64, "seeds that did not diverge", "1"),
+            _c("n_diverged", I64, "seeds whose loss became non-finite", "1"),
+            _c("share_diverged", F64, "n_diverged / n_seeds", "1", True),
+            *_stats("loss", "training loss", "nat"),
+            *_stats("train_acc", "training accuracy", "1"),
+            *_stats("test_acc", "test accuracy", "1"),
+        )),
+        _summary("loss_curves", "one row per dataset x device x width x depth x lr x epoch", (
+            *_SHAPE,
+            _c("epoch", I64, "epoch 1..E (the loss before that epoch's step)", "1"),
+            _c("n_seeds", I64, "seeds averaged (not diverged)", "1"),
+            _c("n_diverged", I64, "seeds left out because their loss became non-finite", "1"),
+            *_stats("loss", "training loss", "nat"),
+        )),
+        _summary("epoch_time", "every row of timings.parquet, plus the speed-up over the CPU", (
+            *_TIMINGS_COLUMNS,
+            _c("speedup_vs_cpu", F64, "the CPU's time per epoch for the same dataset, shape and "
+                                      "method / this row's", "1", True),
+        )),
+        _summary("grad_norms", "one row per dataset x device x width x depth x lr x stage x "
+                               "layer", (
+            *_SHAPE,
+            _c("stage", STR, "init or final"),
+            _EPOCHS,
+            _c("layer", I64, "index of the Linear layer: 0 first, depth the output", "1"),
+            _c("n_seeds", I64, "seeds with a finite gradient norm", "1"),
+            *(c for c in _stats("grad_norm", "gradient norm", "1")
+              if not c.name.startswith("grad_norm_ci95")),
+        )),
+        _summary("lesson_reference", "the lesson's three %timeit numbers and the rates they "
+                                     "imply", (
+            _c("source", STR, "where the number comes from: lesson"),
+            _c("label", STR, "short name for tables and figures"),
+            _c("backend", STR, "numpy or torch"),
+            _DEVICE,
+            _c("dtype", STR, "element type the lesson's code used"),
+            _c("case", STR, "lesson"),
+            _c("m", I64, "rows of x", "1"), _c("k", I64, "columns of x, rows of y", "1"),
+            _c("n", I64, "columns of y", "1"),
+            _c("time_s", F64, "the lesson's %timeit mean", "s"),
+            _c("timer", STR, "the timer the lesson used"),
+            _c("sync", STR, "whether the timing waited for the device"),
+            _c("note", STR, "what the number does and does not measure"),
+            _c("flop", F64, "2·m·k·n", "FLOP"),
+            _c("bytes", F64, "(m·k + k·n + m·n)·itemsize", "B"),
+            _c("gflop_s", F64, "flop / time_s / 1e9", "GFLOP/s"),
+            _c("gb_s", F64, "bytes / time_s / 1e9", "GB/s"),
+        )),
+        _summary("decision_regions", "per dataset, the baseline and the best variant for one "
+                                     "representative seed, one row per grid point", (
+            _DATASET, _DEVICE,
+            _c("role", STR, "baseline or best"),
+            _WIDTH, _DEPTH, _LR, _SEED, _EPOCHS,
+            _c("test_acc", F64, "test accuracy of this seed", "1"),
+            _c("test_acc_mean", F64, "mean test accuracy over seeds", "1"),
+            _c("x0", F64, "first input feature of the grid point"),
+            _c("x1", F64, "second input feature of the grid point"),
+            _c("pred", I64, "arg-max class of the logits at the point", "1"),
+        )),
+        _summary("data_points", "the data sets' points, one row per point", (
+            _DATASET,
+            _c("split", STR, "train or test"),
+            _c("x0", F64, "first input feature"),
+            _c("x1", F64, "second input feature"),
+            _c("label", I64, "class", "1"),
+        )),
+        _summary("machine", "one row per machine record (results/machine/*.json); the full "
+                            "record is record_json", (
+            _c("machine_id", STR, "the record's machine id (else the file stem)"),
+            _c("host", STR, "sanitised host name", None, True),
+            _c("cpu_model", STR, "CPU model name", None, True),
+            _c("physical_cores", I64, "physical CPU cores", "1", True),
+            _c("logical_cores", I64, "logical CPUs", "1", True),
+            _c("usable_cores", I64, "CPUs this process may run on", "1", True),
+            _c("threads", I64, "threads the benchmarks used", "1", True),
+            _c("gpu_available", BOOL, "whether CUDA was usable", None, True),
+            _c("gpu_count", I64, "CUDA devices", "1", True),
+            _c("gpu_name", STR, "name of CUDA device 0 (none without one)", None, True),
+            _c("gpu_memory_gib", F64, "memory of CUDA device 0", "GiB", True),
+            _c("gpu_driver", STR, "NVIDIA driver version", None, True),
+            _c("gpu_cuda_version", STR, "CUDA version torch was built with", None, True),
+            _c("gpu_reason", STR, "why CUDA was unavailable; empty when available", None, True),
+            _c("git_commit", STR, "commit of the code that ran", None, True),
+            _c("git_dirty", BOOL, "whether the working tree had changes", None, True),
+            _c("config_hash", STR, "hash of the effective config", None, True),
+            _c("created_utc", STR, "when the record was written (ISO 8601, UTC)", None, True),
+            _c("config_json", STR, "the effective config, as JSON", None, True),
+            _c("record_json", STR, "the whole record except the config, as JSON"),
+        )),
+        _summary("findings", "one row per conclusion the report states", (
+            _c("finding", STR, "id of the rule that made the finding, e.g. axis_effect"),
+            _c("section", STR, "report section: matmul, training, lesson or machine"),
+            _c("dataset", STR, "data set the finding is about (null when none)", None, True),
+            _c("device", STR, "device the finding is about (null when none)", None, True),
+            _c("subject", STR, "what is judged, e.g. 'width 64 vs baseline'"),
+            _c("verdict", STR, "the outcome as one machine-readable word, e.g. better, worse, "
+                               "within_seed_noise"),
+            _c("value", F64, "the number judged, in `unit`", None, True),
+            _c("reference_value", F64, "the number it is compared with, in `unit`", None, True),
+            _c("unit", STR, "unit of value and reference_value", None, True),
+            _c("rule", STR, "the rule applied, in words"),
+            _c("evidence", STR, "JSON of the rows and values the finding rests on"),
+        )),
+    )
+}
+SUMMARY_TABLES: tuple[str, ...] = tuple(SUMMARY)
+
+# Figures: file stem (results/figures/<name>.png) -> report category (snakemake --report).
+FIGURES: dict[str, str] = {
+    "matmul_time": "Matmul",
+    "matmul_roofline": "Matmul",
+    "lesson_comparison": "Matmul",
+    "loss_curves": "Training",
+    "test_accuracy": "Training",
+    "decision_regions": "Training",
+    "grad_norms": "Training",
+    "epoch_time": "Training",
+}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _pattern_names(table: Table, names: Iterable[str], where: PathLike | None = None,
+                   remedy: str = "") -> list[str]:
+    """The pattern columns among ``names``, in index order; ContractError if not 0..C-1."""
+    if table.pattern is None:
+        return []
+    found = [n for n in names if table.pattern.matches(n)]
+    found.sort(key=lambda n: int(n[len(table.pattern.prefix):]))
+    if found != table.pattern_columns(len(found)):
+        prefix = table.pattern.prefix
+        tail = f"; {remedy}" if remedy else ""
+        raise ContractError(f"{where or table.path}: pattern columns {found} are not "
+                            f"{prefix}0 .. {prefix}{len(found) - 1}{tail}")
+    return found
+
+
+def to_arrow(df: pd.DataFrame, table: Table) -> pa.Table:
+    """``df`` as an Arrow table with ``table``'s schema (columns in declared order).
+
+    Raises :class:`ContractError` naming the column when one is missing, not declared, or
+    cannot be converted to its declared type without loss (e.g. 1.5 into int64, a null in a
+    column declared not nullable).
+    """
+    names = [str(c) for c in df.columns]
+    missing = [c for c in table.columns if c.name not in names]
+    if missing:
+        raise ContractError(f"{table.path}: column {missing[0].name!r} missing "
+                            f"(expected {missing[0].type})")
+    extra = _pattern_names(table, names)
+    for name in names:
+        if name not in table.column_names and name not in extra:
+            raise ContractError(f"{table.path}: unexpected column {name!r} (not in the "
+                                f"{table.name} table's contract)")
+    schema = table.schema(extra)
+    ordered = df[[*table.column_names, *extra]]
+    try:
+        return pa.Table.from_pandas(ordered, schema=schema, preserve_index=False, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        column = _failed_column(exc, schema)
+        raise ContractError(f"{table.path}: column {column!r} does not convert to "
+                            f"{schema.field(column).type if column in schema.names else '?'}: "
+                            f"{_one_line(exc)}") from None
+
+
+def _failed_column(exc: BaseException, schema: pa.Schema) -> str:
+    text = str(exc)
+    for name in schema.names:
+        if re.search(rf"(column|Field pyarrow\.Field<)\s*{re.escape(name)}\b", text):
+            return name
+    return "?"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def write(df: pd.DataFrame, path: PathLike, table: Table) -> None:
+    """Write ``df`` to ``path`` with ``table``'s schema, atomically (temp file, then rename).
+
+    zstd-compressed parquet, no index; identical frames give identical bytes.
+    """
+    write_arrow(to_arrow(df, table), path)
+
+
+def write_arrow(data: pa.Table, path: PathLike) -> None:
+    """Write an Arrow table (from :func:`to_arrow`) to ``path`` atomically, as :func:`write`."""
+    from mlpbench.io import write_bytes_atomic  # late: io imports pandas
+
+    buffer = io.BytesIO()
+    pq.write_table(data, buffer, compression=COMPRESSION)
+    write_bytes_atomic(buffer.getvalue(), path)
+
+
+def pandas_dtypes(table: Table, pattern_count: int = 0) -> dict[str, str]:
+    """pandas dtype names of the columns (pattern columns included) that convert to the
+    declared Arrow types: int64 (``Int64`` where nullable), float64, float32, bool
+    (``boolean`` where nullable), ``str``."""
+    out = {}
+    for field in table.schema(table.pattern_columns(pattern_count)):
+        t = field.type
+        if pa.types.is_integer(t):
+            dtype = str(t).capitalize() if field.nullable else str(t)
+        elif pa.types.is_floating(t):
+            dtype = {16: "float16", 32: "float32", 64: "float64"}[t.bit_width]
+        elif pa.types.is_boolean(t):
+            dtype = "boolean" if field.nullable else "bool"
+        else:
+            dtype = "str"
+        out[field.name] = dtype
+    return out
+
+
+def empty_frame(table: Table, pattern_count: int = 0) -> pd.DataFrame:
+    """An empty frame with ``table``'s columns and the pandas dtypes of its Arrow types."""
+    return table.schema(table.pattern_columns(pattern_count)).empty_table().to_pandas()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
+    if found.equals(expected):
+        return True
+    text = (pa.string(), pa.large_string())
+    return any(found.equals(t) for t in text) and any(expected.equals(t) for t in text)
+
+
+def check(found: pa.Schema, table: Table, where: PathLike) -> list[str]:
+    """Check a file's schema; return its pattern columns. Raises ContractError (one line)."""
+    remedy = table.remedy
+    names = list(found.names)
+    for column in table.columns:
+        if column.name not in names:
+            raise ContractError(f"{where}: column {column.name!r} missing (expected "
+                                f"{column.type}); {remedy}")
+        got = found.field(column.name).type
+        if not _same_type(got, column.type):
+            raise ContractError(f"{where}: column {column.name!r}: expected {column.type}, "
+                                f"found {got}; {remedy}")
+    extra = _pattern_names(table, names, where, remedy)
+    for name in names:
+        if name not in table.column_names and name not in extra:
+            raise ContractError(f"{where}: unexpected column {name!r} (not in the "
+                                f"{table.name} table's contract); {remedy}")
+        if name in extra and not _same_type(found.field(name).type, table.pattern.type):
+            raise ContractError(f"{where}: column {name!r}: expected {table.pattern.type}, "
+                                f"found {found.field(name).type}; {remedy}")
+    return extra
+
+
+def read(path: PathLike, table: Table) -> pa.Table:
+    """Read ``path`` and check it against ``table``; returns the Arrow table (declared order,
+    declared types). Raises ContractError, one line naming the file and the remedy, when the
+    file is missing, unreadable, has a column missing, an undeclared column, a wrong type or a
+    null where none is allowed."""
+    remedy = table.remedy
+    if not os.path.exists(path):
+        raise ContractError(f"{path}: file not found; {remedy}")
+    try:
+        data = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ContractError(f"{path}: not a readable parquet file ({_one_line(exc, 120)}); "
+                            f"{remedy}") from None
+    extra = check(data.schema, table, path)
+    schema = table.schema(extra)
+    for field in schema:
+        if not field.nullable and data.column(field.name).null_count:
+            raise ContractError(f"{path}: column {field.name!r}: expected no missing values, "
+                                f"found {data.column(field.name).null_count}; {remedy}")
+    # Declared order and types; the file's pandas metadata is kept so that to_pandas() gives
+    # back the frame that was written.
+    return data.select(schema.names).cast(schema).replace_schema_metadata(data.schema.metadata)
+
+
+def read_many(paths: Sequence[PathLike], table: Table) -> pd.DataFrame:
+    """Check and concatenate every file in ``paths``, empty ones included, as one frame.
+
+    Pattern columns missing from a file (a data set with fewer classes) are null there. No
+    paths: an empty frame with the declared columns.
+    """
+    if not paths:
+        return empty_frame(table)
+    parts = [read(p, table).replace_schema_metadata(None) for p in paths]
+    names = max((p.schema.names for p in parts), key=len)
+    schema = table.schema(_pattern_names(table, names))
+    parts = [_widen(p, schema) for p in parts]
+    return pa.concat_tables(parts).to_pandas()
+
+
+def _widen(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``part`` with the columns of ``schema`` it lacks, as nulls."""
+    for field in schema:
+        if field.name not in part.schema.names:
+            part = part.append_column(field.with_nullable(True),
+                                      pa.nulls(len(part), field.type))
+    loose = pa.schema([f.with_nullable(True) for f in schema])
+    return part.select(schema.names).cast(loose)
+
+
+def describe(table: Table) -> str:
+    """The table's contract as Markdown: one line per column (name, type, unit, meaning)."""
+    lines = [f"`{table.path}` — {table.description} (written by rule `{table.rule}`)", "",
+             "| column | type | unit | meaning |", "|---|---|---|---|"]
+    rows: list[Any] = list(table.columns)
+    if table.pattern is not None:
+        p = table.pattern
+        rows.append(Column(f"{p.prefix}<i>", p.type, p.description, p.unit, p.nullable))
+    for c in rows:
+        null = " (may be null)" if c.nullable else ""
+        lines.append(f"| `{c.name}` | {c.type} | {c.unit or ''} | {c.description}{null} |")
+    return "\n".join(lines)
+
+
+def all_tables() -> Mapping[str, Table]:
+    """Every declared table by its path template."""
+    return {t.path: t for t in (MATMUL, *TRAIN.values(), *SUMMARY.values())}
