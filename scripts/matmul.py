@@ -1,6 +1,7 @@
 """Snakemake entry point: time the matmul cases on one device."""
 
-from mlpbench.io import remove_stale_temps, write_parquet_atomic
+from mlpbench.contract import MATMUL, write
+from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
 from mlpbench.matmul import run_matmul_stage, shapes_from_config
 
@@ -18,4 +19,4 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
         log=log.info,
     )
     log.info("%d rows, status counts: %s", len(table), table["status"].value_counts().to_dict())
-    write_parquet_atomic(table, snakemake.output[0])  # noqa: F821
+    write(table, snakemake.output[0], MATMUL)  # noqa: F821

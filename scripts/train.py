@@ -1,6 +1,7 @@
 """Snakemake entry point: train one data set's grid on one device."""
 
-from mlpbench.io import remove_stale_temps, write_parquet_atomic
+from mlpbench.contract import TRAIN, write
+from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
 from mlpbench.training import run_training_job
 
@@ -16,5 +17,5 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     )
     for path in snakemake.output:  # noqa: F821
         stem = path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        write_parquet_atomic(tables[stem], path)
+        write(tables[stem], path, TRAIN[stem])
         log.info("%s: %d rows", stem, len(tables[stem]))
