@@ -350,10 +350,15 @@ def _rises_with_size(ok: pd.DataFrame, factor: float) -> list[dict]:
 
 
 def train_device(summary: pd.DataFrame, dataset: str) -> str | None:
-    """CPU when it has ok rows for ``dataset``, else the first device (by name) that has."""
-    ok = summary[(summary["dataset"] == dataset) & (summary["status"] == "ok")]
-    devices = set(ok["device"])
-    return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
+    """The device whose rows tell ``dataset``'s story: CPU when it has ok rows, else the first
+    device (by name) that has; failing that, the same choice among devices whose every seed
+    diverged; None when no device trained at all (e.g. CUDA only, and unavailable)."""
+    d = summary[summary["dataset"] == dataset]
+    for status in (["ok"], ["diverged"]):
+        devices = set(d.loc[d["status"].isin(status), "device"])
+        if devices:
+            return "cpu" if "cpu" in devices else sorted(devices)[0]
+    return None
 
 
 def _ci_verdict(base: pd.Series, row: pd.Series, metric: str, higher_is_better: bool) -> str:

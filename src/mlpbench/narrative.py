@@ -61,8 +61,17 @@ class Story:
         return None if f is None or f["verdict"] == "available" else f["ev"]["reason"]
 
     def trained(self, dataset: str | None) -> bool:
+        """Did the lesson's network train on ``dataset`` (some seed without diverging)?"""
         f = self.one("training_result", dataset=dataset) if dataset else None
-        return f is not None and f["verdict"] != "not_trained"
+        return f is not None and f["verdict"] == "ok"
+
+    def untrained(self, dataset: str | None) -> str:
+        """Why the lesson's network has no result on ``dataset``, as a sentence."""
+        f = self.one("training_result", dataset=dataset) if dataset else None
+        if f is not None and f["verdict"] == "diverged":
+            return (f"Every seed of the lesson's network diverged on {dataset} "
+                    f"({f['ev']['row']['n_seeds']} seeds), so there is no result to show.")
+        return f"The {dataset or 'first'} data set was not trained in this run."
 
     def rows_of(self, dataset: str) -> pd.DataFrame:
         """train_summary rows of ``dataset`` on the device its findings are about."""
@@ -150,7 +159,9 @@ class Story:
                                    "available; GPU timings are CUDA-synchronised."))
         for name in self.datasets:
             if not self.trained(name):
-                bullets.append(f"{name}: no training results in this run.")
+                bullets.append(f"{name}: " + ("every seed of the lesson's network diverged."
+                                              if (self.one("training_result", dataset=name)
+                                                  or {}).get("verdict") == "diverged" else "no training results in this run."))
                 continue
             base, best = self.base_row(name), self.one("best_variant", dataset=name)
             bullets.append(
@@ -336,7 +347,7 @@ class Story:
     def first_network(self) -> str:
         name = self.first
         if not self.trained(name):
-            return f"The {name or 'first'} data set was not trained in this run."
+            return self.untrained(name)
         base = self.base_row(name)
         spread = self.one("seed_spread", subject=f"{name}: baseline")
         size, guess = self.one("test_set_size", dataset=name), self.one("chance_level",
@@ -460,7 +471,7 @@ class Story:
                        f"({pct(n_test / n, 0)}) for testing; guessing a class at random would "
                        f"score {pct(guess['value'])} on average.")
         if not self.trained(name):
-            return [*out, f"The {name} data set was not trained in this run."]
+            return [*out, self.untrained(name)]
         base, best = self.base_row(name), self.one("best_variant", dataset=name)
         ci95 = best["ev"].get("row_ci95", {})
         out.append(
