@@ -512,7 +512,8 @@ def _axis_findings(rows, base, axis, dataset, device, curves, chance, chance_mar
         near = abs(top["test_acc_mean"] - chance) < chance_margin
         out.append(_row("at_chance", "training", f"{axis} {float(top[axis]):g}",
                         "at_chance" if near else "above_chance",
-                        {"axis": axis, "row": _key(top, TRAIN_KEY), "margin": chance_margin},
+                        {"axis": axis, "row": _key(top, TRAIN_KEY), "margin": chance_margin,
+                         "n_classes": round(1 / chance)},
                         dataset=dataset, device=device, value=top["test_acc_mean"],
                         reference_value=chance, unit="fraction"))
     start = _initial_loss(curves, dataset, top)

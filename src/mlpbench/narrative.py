@@ -114,14 +114,15 @@ class Story:
         cells = {a: [f"{v:g}" + (" (lesson)" if mark and i == 0 else "")
                      for v, mark in zip(rows[a], lesson)] for i, a in enumerate(labels)}
 
-        def unless_lost(values):
-            return ["every seed diverged" if x else v for v, x in zip(values, lost)]
+        def unless_lost(values, instead="—"):
+            return [instead if x else v for v, x in zip(values, lost)]
 
         return pd.DataFrame({
             **cells, "seeds": rows["n_seeds"].to_numpy(),
             "diverged": rows["share_diverged"].map(lambda v: pct(v, 0)).to_numpy(),
             "final training loss (cross-entropy), mean ± std": unless_lost(
-                [f"{num(m)} ± {num(s, 2)}" for m, s in zip(rows["loss_mean"], rows["loss_std"])]),
+                [f"{num(m)} ± {num(s, 2)}" for m, s in zip(rows["loss_mean"], rows["loss_std"])],
+                "every seed diverged"),
             "train acc, mean": unless_lost(rows["train_acc_mean"].map(pct)),
             "test acc, mean (95% CI)": unless_lost([self.ci(r, "test_acc")
                                                     for _, r in rows.iterrows()]),
@@ -399,9 +400,8 @@ class Story:
                  f"({VERDICT_WORDS[acc['verdict']]})."]
         for f in of_axis("at_chance"):
             if f["verdict"] == "at_chance":
-                guess = f["reference_value"]
-                words.append(f"That is chance level: guessing one of {round(1 / guess)} classes "
-                             f"at random scores {pct(guess)} on average.")
+                words.append(f"That is chance level: guessing one of {f['ev']['n_classes']} "
+                             f"classes at random scores {pct(f['reference_value'])} on average.")
         for f in of_axis("stalled"):
             if f["verdict"] == "stalled":
                 r = f["ev"]["row"]
@@ -460,12 +460,11 @@ class Story:
         """A further data set's section: heading, data, baseline vs best, every axis, table."""
         out: list[str | pd.DataFrame] = [
             f"## {dataset_title(name)}\n\n{DATASET_INTROS.get(name, '')}"]
-        pts = self.t["data_points"]
-        pts, guess = pts[pts["dataset"] == name], self.one("chance_level", dataset=name)
-        if len(pts) and guess:
-            n = len(pts)
-            n_train = int((pts["split"] == "train").sum())
-            n_test = n - n_train
+        size, guess = self.one("test_set_size", dataset=name), self.one("chance_level",
+                                                                         dataset=name)
+        if size and guess:
+            n_train, n_test = size["ev"]["n_train"], size["ev"]["n_test"]
+            n = n_train + n_test
             out.append(f"This run's {name}: {n} points in {guess['ev']['n_classes']} classes, "
                        f"{n_train} ({pct(n_train / n, 0)}) for training and {n_test} "
                        f"({pct(n_test / n, 0)}) for testing; guessing a class at random would "
