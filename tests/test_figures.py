@@ -147,3 +147,16 @@ def test_a_learning_rate_sweep_gets_its_panel_and_names_diverged_settings(tables
         assert not any("learning rate" in t for t in _texts(fig))
     finally:
         plt.close(fig)
+
+
+def test_a_diverged_cell_of_the_accuracy_grid_says_so(tables_dirs):
+    tables = load_tables(tables_dirs["cpu_only"])
+    s = tables["train_summary"].copy()
+    toy = s[(s["dataset"] == "toy") & (s["variant"] == "width")].index[0]
+    s.loc[toy, ["status", "test_acc_mean", "test_acc_std"]] = ["diverged", float("nan"),
+                                                               float("nan")]
+    fig = FIGURES["test_accuracy"]({**tables, "train_summary": s})
+    try:
+        assert "every seed\ndiverged" in _texts(fig)
+    finally:
+        plt.close(fig)

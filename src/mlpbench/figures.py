@@ -450,6 +450,9 @@ def fig_test_accuracy(tables: Tables) -> Figure:
                              aggfunc="first").reindex(index=depths, columns=widths)
         std = s.pivot_table(index="depth", columns="width", values="test_acc_std",
                             aggfunc="first").reindex(index=depths, columns=widths)
+        lost = s.assign(lost=s["status"] == "diverged").pivot_table(
+            index="depth", columns="width", values="lost", aggfunc="any"
+        ).reindex(index=depths, columns=widths).fillna(False)
         image = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap=cmap,
                           vmin=0, vmax=1, origin="lower", aspect="auto")
         for i in range(len(depths)):
@@ -459,6 +462,9 @@ def fig_test_accuracy(tables: Tables) -> Figure:
                     text = f"{v:.0%}" + (f"\n±{sd:.0%}" if np.isfinite(sd) else "")
                     ax.text(j, i, text, ha="center", va="center", fontsize=8.5,
                             color="black" if v > 0.6 else "white")
+                elif lost.iat[i, j]:
+                    ax.text(j, i, "every seed\ndiverged", ha="center", va="center",
+                            fontsize=7.5, color=DIVERGED_COLOUR)
                 else:
                     ax.text(j, i, "not run", ha="center", va="center", fontsize=7.5,
                             color="#666666")
