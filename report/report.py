@@ -154,13 +154,21 @@ figure("test_accuracy")
 figure("grad_norms")
 show(S.grad_answer())
 
+# %% [markdown]
+# ## More data sets
+#
+# The homework goes on to other data, learned by the same kind of network; each data set this
+# run trained gets its own part below.
+
 # %%
 #| echo: false
 for name in S.datasets[1:]:
     show(*S.dataset_passages(name))
+if len(S.datasets) < 2:
+    show("This run trained no other data set.")
 
 # %% [markdown]
-# ### What the networks learned
+# ## What the networks learned
 #
 # Decision regions: the class each network predicts at every point of the input plane
 # (shaded), with the training points as circles and the test points as triangles. Each

@@ -45,7 +45,7 @@ def test_a_new_dataset_gets_its_own_section():
                summary_row(dataset="moons", width=8, variant="width", acc=(0.9, 0.85, 0.95))])
     assert s.datasets == ["toy", "moons"]
     parts = s.dataset_passages("moons")
-    assert parts[0].startswith("## Moons")
+    assert parts[0].startswith("### Moons")
     assert any(isinstance(p, str) and p.startswith("**More units.** From 4 to 8 units") and
                "a real improvement" in p for p in parts)
     assert "moons: the lesson's network" in s.glance()

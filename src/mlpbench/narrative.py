@@ -241,8 +241,12 @@ class Story:
             text.append(
                 f"Why: with one row in x, each element of y is read once and used for one "
                 f"multiply-add, about {num(intensity['value'], 2)} FLOP per byte moved in "
-                f"float32. Such a product is limited by memory bandwidth, not by arithmetic, so "
-                f"a device is faster roughly in proportion to the bandwidth it can stream."
+                f"float32. "
+                + ("Such a product is limited by memory bandwidth, not by arithmetic, so a "
+                   "device is faster roughly in proportion to the bandwidth it can stream."
+                   if intensity["verdict"] == "memory_bound" else
+                   "That is enough arithmetic per byte for the processor's compute, not only "
+                   "its memory, to set the pace.")
                 + (" This run's copy benchmark measured " + ", ".join(
                     f"{num(f['value'])} GB/s on {device_name(f['device'])}" for f in bw) + "."
                    if bw else ""))
@@ -459,7 +463,7 @@ class Story:
     def dataset_passages(self, name: str) -> list[str | pd.DataFrame]:
         """A further data set's section: heading, data, baseline vs best, every axis, table."""
         out: list[str | pd.DataFrame] = [
-            f"## {dataset_title(name)}\n\n{DATASET_INTROS.get(name, '')}"]
+            f"### {dataset_title(name)}\n\n{DATASET_INTROS.get(name, '')}"]
         size, guess = self.one("test_set_size", dataset=name), self.one("chance_level",
                                                                          dataset=name)
         if size and guess:
