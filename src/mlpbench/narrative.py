@@ -16,9 +16,10 @@ from typing import Any
 import pandas as pd
 
 from mlpbench.findings import axis_rows
-from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, DATASET_INTROS, VERDICT_WORDS, axis_span,
-                              axis_value, blas_text, ci_text, dataset_order, dataset_title, device_name, fmt_time,
-                              network, num, pct, plural, series_label, times, why)
+from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, DATASET_INTROS, VERDICT_WORDS,
+                              axis_span, axis_value, blas_text, ci_text, dataset_order,
+                              dataset_title, device_name, fmt_time, network, num, pct, plural,
+                              series_label, times, why)
 from mlpbench.tables import epoch_time_by_shape
 
 
@@ -160,9 +161,10 @@ class Story:
                                    "available; GPU timings are CUDA-synchronised."))
         for name in self.datasets:
             if not self.trained(name):
+                result = self.one("training_result", dataset=name) or {}
                 bullets.append(f"{name}: " + ("every seed of the lesson's network diverged."
-                                              if (self.one("training_result", dataset=name)
-                                                  or {}).get("verdict") == "diverged" else "no training results in this run."))
+                                              if result.get("verdict") == "diverged" else
+                                              "no training results in this run."))
                 continue
             base, best = self.base_row(name), self.one("best_variant", dataset=name)
             bullets.append(
