@@ -31,6 +31,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from mlpbench.findings import train_device  # noqa: E402
 from mlpbench.io import write_bytes_atomic  # noqa: E402
 from mlpbench.present import (DEVICE_COLOURS, DIVERGED_COLOUR, DTYPE_STYLE,  # noqa: E402
                               PALETTE, SERIES_COLOURS, dataset_order, device_name, fmt_time,
@@ -40,7 +41,6 @@ from mlpbench.tables import load_tables  # noqa: E402
 Tables = Mapping[str, pd.DataFrame]
 
 DPI = 120
-LESSON_GREY = "#7F7F7F"
 
 plt.rcParams.update({
     "font.size": 10.5,
@@ -360,7 +360,7 @@ def fig_loss_curves(tables: Tables) -> Figure:
         for col in (1, 2):  # epochs, width and depth share a scale; the lr panel has its own
             axes[row, col].sharey(axes[row, 0])
         c = curves[curves["dataset"] == dataset] if len(curves) else curves
-        device = _pick_device(summary[summary["dataset"] == dataset])
+        device = train_device(summary, dataset)
         base = bases.get(dataset)
         for col, axis in enumerate(axes_shown):
             ax = axes[row, col]
@@ -438,7 +438,7 @@ def fig_test_accuracy(tables: Tables) -> Figure:
     image = None
     for ax, dataset in zip(axes[0], datasets):
         s = summary[summary["dataset"] == dataset]
-        device, base = _pick_device(s), bases.get(dataset)
+        device, base = train_device(summary, dataset), bases.get(dataset)
         if device is None or base is None:
             ax.set_title(dataset)
             _empty(ax, f"No accuracy for {dataset}: every device unavailable.")
