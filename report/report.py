@@ -32,11 +32,30 @@ from IPython.display import Image, Markdown, display
 
 from mlpbench.tables import epoch_time_by_shape, load_tables, rank_configurations
 
-if "MLPBENCH_RESULTS" not in os.environ:
-    raise RuntimeError("set MLPBENCH_RESULTS to the results folder (the one holding tables/)")
-RESULTS = Path(os.environ["MLPBENCH_RESULTS"])
-RENDERER = os.environ.get("MLPBENCH_RENDERER", "not stated")
-RENDERER_DETAIL = os.environ.get("MLPBENCH_RENDERER_DETAIL", RENDERER)
+
+def results_folder() -> Path:
+    """MLPBENCH_RESULTS, a relative path taken from where the render was started."""
+    given = os.environ.get("MLPBENCH_RESULTS")
+    if not given:
+        raise RuntimeError("set MLPBENCH_RESULTS to the results folder (the one holding tables/)")
+    path = Path(given).expanduser()
+    if not path.is_absolute():
+        # Quarto runs this file in report/, not where `quarto render` was typed; the shell
+        # that started it recorded that folder in PWD.
+        path = Path(os.environ.get("PWD") or os.getcwd()) / path
+    if not (path / "tables").is_dir():
+        raise FileNotFoundError(f"MLPBENCH_RESULTS={given!r}: no tables folder at {path / 'tables'}"
+                                " (run the pipeline first, or name the results folder that "
+                                "holds tables/)")
+    return path
+
+
+RESULTS = results_folder()
+# Set by mlpbench.rendering; absent when someone renders this file directly.
+RENDERER = os.environ.get("MLPBENCH_RENDERER", "direct")
+RENDERER_DETAIL = os.environ.get("MLPBENCH_RENDERER_DETAIL",
+                                 "a renderer run directly, outside the pipeline")
+RENDERER_FALLBACK = os.environ.get("MLPBENCH_RENDERER_FALLBACK")
 T = load_tables(RESULTS / "tables")
 MM, LESSON = T["matmul"], T["lesson_reference"]
 SUMMARY, TIMES, GRADS = T["train_summary"], T["epoch_time"], T["grad_norms"]
@@ -303,7 +322,8 @@ def axis_answer(dataset: str, axis: str, unit: str) -> str:
 
 MACHINE = MACHINES[0] if MACHINES else {}
 GPU = MACHINE.get("gpu", {}) or {}
-md(f"**Machine:** {MACHINE.get('host', 'unknown')}, {MACHINE.get('cpu_model', 'unknown CPU')} "
+md(f"**Machine:** `{MACHINE.get('machine_id', 'unknown')}` "
+   f"(host {MACHINE.get('host', 'unknown')}), {MACHINE.get('cpu_model', 'unknown CPU')} "
    f"({MACHINE.get('physical_cores', '?')} physical / {MACHINE.get('logical_cores', '?')} "
    f"logical cores). **GPU:** "
    + (f"{GPU.get('name')} ({GPU.get('memory_gib')} GiB)." if GPU.get("available")
@@ -928,6 +948,7 @@ for m in MACHINES:
     t_blas = blas.get("torch") or {}
     versions = m.get("versions", {}) or {}
     rows = [
+        ("machine_id", m.get("machine_id")),
         ("host", m.get("host")),
         ("CPU", m.get("cpu_model")),
         ("cores (physical / logical)", f"{m.get('physical_cores')} / {m.get('logical_cores')}"),
@@ -950,5 +971,7 @@ for m in MACHINES:
 
 # %%
 #| echo: false
-md(f"Rendered by {RENDERER_DETAIL} (renderer `{RENDERER}`). The tables behind every number "
-   f"are in `tables/` of the results folder as Parquet and CSV, the figures in `figures/`.")
+md(f"Rendered by {RENDERER_DETAIL} (renderer `{RENDERER}`)."
+   + (f" Quarto was not used: {RENDERER_FALLBACK}." if RENDERER_FALLBACK else "")
+   + " The tables behind every number are in `tables/` of the results folder as Parquet and "
+   "CSV, the figures in `figures/`.")
