@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from . import data
 from .config import ConfigError, invalid, key_path, number_bounds, resolve
-from .grid import AXES, ShapePlan, plan_shapes, resolve_seeds
+from .grid import AXES, plan_shapes, resolve_seeds
 
 __all__ = [
     "MemoryPart",
@@ -175,6 +175,8 @@ def machine_memory() -> int | None:
 
     A lower limit set for this process (a container's or a batch job's cgroup) is not seen, and
     GPU memory cannot be known without importing torch, which parsing the workflow must not do.
+    On a cluster this is the memory of the machine that parses the workflow: the submitting
+    node, and again each compute node when its job starts.
     """
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
