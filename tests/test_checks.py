@@ -289,7 +289,7 @@ def test_estimate_is_a_lower_bound_of_what_a_training_job_holds(tmp_path):
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "exp, grid = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
         "tables = run_training_job('toy', exp, 'cpu', 1, grid)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"  # KiB on Linux
     )
     import json
 
