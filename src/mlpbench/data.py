@@ -3,18 +3,30 @@
 ``toy`` is the 9-point / 3-class example the lesson trains its first network on; ``blobs`` is
 the homework's ``make_blobs`` + ``train_test_split`` data. Both are deterministic: the same
 arguments give the same tensors on every run.
+
+Importing this module does not import torch (the workflow's config check reads the sizes of the
+data sets at every ``snakemake`` call); the functions that build tensors import it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 DATASETS = ("toy", "blobs")
+N_FEATURES = 2  # both data sets are points in the plane (make_blobs' default n_features)
+
+# The lesson's first-network data, point for point.
+TOY_X_TRAIN = [[-2, -1], [-1, -1], [-1, -2], [2, -1], [1, -1], [1, -2], [2, 1], [1, 1], [1, 2]]
+TOY_Y_TRAIN = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+TOY_X_TEST = [[-2, -2], [2, -2], [2, 2]]
+TOY_Y_TEST = [0, 1, 2]
+TOY_CLASSES = 3
 
 # The lesson's homework call: make_blobs(n_samples=400, centers=4, cluster_std=2, random_state=10)
 # then train_test_split(test_size=0.4, random_state=2).
@@ -56,6 +68,8 @@ class Dataset:
 
 def _dataset(name: str, x_train, y_train, x_test, y_test, n_classes: int) -> Dataset:
     """Features as float32 and labels as int64 tensors, whatever they came as."""
+    import torch
+
     return Dataset(
         name=name,
         x_train=torch.tensor(x_train).float(),
@@ -68,11 +82,7 @@ def _dataset(name: str, x_train, y_train, x_test, y_test, n_classes: int) -> Dat
 
 def toy() -> Dataset:
     """The lesson's first-network data, point for point (labels 0,0,0,1,1,1,2,2,2; test 0,1,2)."""
-    x_train = [[-2, -1], [-1, -1], [-1, -2], [2, -1], [1, -1], [1, -2], [2, 1], [1, 1], [1, 2]]
-    y_train = [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    x_test = [[-2, -2], [2, -2], [2, 2]]
-    y_test = [0, 1, 2]
-    return _dataset("toy", x_train, y_train, x_test, y_test, n_classes=3)
+    return _dataset("toy", TOY_X_TRAIN, TOY_Y_TRAIN, TOY_X_TEST, TOY_Y_TEST, n_classes=TOY_CLASSES)
 
 
 def blobs(
@@ -99,6 +109,8 @@ def blobs(
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Float one-hot targets, as the lesson feeds them to ``CrossEntropyLoss``."""
+    import torch.nn.functional as F
+
     return F.one_hot(labels, n_classes).float()
 
 
@@ -111,17 +123,35 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == labels).float().mean(dim=-1)
 
 
+def blobs_data(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``blobs`` parameters: the lesson's, updated by ``cfg["data"]`` where given."""
+    return {**BLOBS_DEFAULTS, **((cfg or {}).get("data") or {})}
+
+
+def split_sizes(name: str, cfg: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """(training points, test points) of a data set, without building it.
+
+    toy: 9 and 3. blobs: as ``train_test_split`` counts a float ``test_size``:
+    ``n_test = ceil(test_size * n_samples)`` and ``n_train = n_samples - n_test``.
+    """
+    if name == "toy":
+        return len(TOY_Y_TRAIN), len(TOY_Y_TEST)
+    data = blobs_data(cfg)
+    n_test = math.ceil(data["test_size"] * data["n_samples"])
+    return data["n_samples"] - n_test, n_test
+
+
+def n_classes(name: str, cfg: Mapping[str, Any] | None = None) -> int:
+    """Number of classes: 3 for toy, ``centers`` for blobs."""
+    return TOY_CLASSES if name == "toy" else int(blobs_data(cfg)["centers"])
+
+
 def load(name: str, cfg: Mapping[str, Any] | None = None) -> Dataset:
-    """Build a dataset by name; for ``blobs`` the optional ``cfg["data"]`` overrides the lesson's values."""
+    """Build a dataset by name; for ``blobs`` the optional ``cfg["data"]`` overrides the lesson's values.
+
+    ``name`` is one of ``DATASETS`` and ``cfg`` a checked experiment config (see
+    ``workflow/schemas/config.schema.yaml``); neither is checked again here.
+    """
     if name == "toy":
         return toy()
-    if name == "blobs":
-        data = dict(BLOBS_DEFAULTS)
-        data.update((cfg or {}).get("data") or {})
-        unknown = sorted(set(data) - set(BLOBS_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"train.experiments.blobs.data: unknown key(s) {unknown}; allowed: {sorted(BLOBS_DEFAULTS)}"
-            )
-        return blobs(**data)
-    raise ValueError(f"dataset: got {name!r}; allowed: {', '.join(DATASETS)}")
+    return blobs(**blobs_data(cfg))

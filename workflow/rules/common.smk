@@ -6,6 +6,7 @@ from snakemake.cli import parse_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, update_config, validate
 
+from mlpbench.checks import check_config
 from mlpbench.config import (
     ConfigError,
     command_line_value,
@@ -50,14 +51,22 @@ except ConfigError as err:
 update_config(config, command_line)
 
 # Validate (and fill defaults) before any job is scheduled; turn the schema error into one
-# sentence naming the key, the value and what is allowed.
+# sentence naming the key, the value and what is allowed. Then check, in the same style, what
+# the schema cannot say (finite numbers, cross-field rules, sizes that fit in memory); this also
+# reads integer-valued numbers where integers are meant as integers. Nothing after this point
+# checks the config again.
+SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
 try:
     validate(config, str(SCHEMA))
 except WorkflowError as err:
     found = find_validation_error(err)
     if found is None:
         raise
-    raise WorkflowError(explain(found, yaml.safe_load(SCHEMA.read_text()))) from None
+    raise WorkflowError(explain(found, SCHEMA_DOC)) from None
+try:
+    check_config(config, SCHEMA_DOC)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 CONFIG_HASH = config_hash(config)
 MACHINE_ID = machine_id(config["machine_id"])
