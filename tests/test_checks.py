@@ -276,7 +276,7 @@ def test_machine_memory_is_the_physical_memory():
 
 
 def test_estimate_tracks_what_a_training_job_holds(tmp_path):
-    """The estimate lies between half and 1.25 times what a real job holds at its peak.
+    """The estimate lies between half and 1.5 times what a real job holds at its peak.
 
     (Not a strict lower bound: the peak measured after the imports moves by a few per cent
     between runs of the same job.)
@@ -302,7 +302,7 @@ def test_estimate_tracks_what_a_training_job_holds(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     grown = int(out.stdout.split()[-1])
     assert estimate > 50 * 2**20  # large enough to stand out from the interpreter's own noise
-    assert 0.5 * grown <= estimate <= 1.25 * grown, (estimate, grown)
+    assert 0.5 * grown <= estimate <= 1.5 * grown, (estimate, grown)
 
 
 def test_checking_imports_no_heavy_library():

@@ -255,7 +255,7 @@ def training_parts(name: str, exp: Mapping[str, Any], decision_grid: Mapping[str
     are float32 (4 bytes); tables hold 8 bytes per int64/float64/object cell and 4 per float32
     cell, and each table is held twice (every shape's frame and their concatenation exist
     together when the job ends). Counted are only the largest buffers; the estimate lies
-    between half and 1.25 times a real job's measured peak (tested), so a refused config needs
+    between half and 1.5 times a real job's measured peak (tested), so a refused config needs
     about this machine's whole memory or more, and one that passes may still run short. Parts, each with the key that sets it:
 
     * ``seeds`` -- the ensemble of the largest shape, on the CPU only (on CUDA it lives on the
