@@ -6,10 +6,11 @@ import itertools
 
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 from matplotlib.text import Text
 
-from mlpbench.figures import FIGURES, make_figure
+from mlpbench.figures import FIGURES, make_figure, save_png
 from mlpbench.tables import build_tables, load_tables, write_tables
 from synthetic_results import load_points, write_inputs
 
@@ -105,3 +106,57 @@ def test_no_text_overlaps_other_text(tables_dirs, monkeypatch, name, scenario):
 def test_unknown_figure_name_is_refused(tables_dirs, tmp_path):
     with pytest.raises(KeyError, match="unknown figure"):
         make_figure("pie_chart", tables_dirs["cpu_only"], tmp_path / "x.png")
+
+
+def _with_lr_sweep(tables: dict) -> dict:
+    """The toy baseline again at lr 10 (trained) and lr 100 (every seed diverged)."""
+    summary, curves = tables["train_summary"], tables["loss_curves"]
+    base = summary[(summary["dataset"] == "toy") & (summary["variant"] == "baseline")].iloc[0]
+    ok = base.copy()
+    ok["lr"], ok["variant"] = 10.0, "lr"
+    lost = ok.copy()
+    lost["lr"], lost["status"], lost["n_ok"] = 100.0, "diverged", 0
+    lost["n_diverged"], lost["share_diverged"] = lost["n_seeds"], 1.0
+    curve = curves[(curves["dataset"] == "toy") & (curves["device"] == base["device"])
+                   & (curves["width"] == base["width"]) & (curves["depth"] == base["depth"])
+                   & (curves["lr"] == base["lr"])].copy()
+    curve["lr"] = 10.0
+    curve[["loss_mean", "loss_min", "loss_max"]] *= 1e6  # a learning rate that blows up
+    return {**tables, "train_summary": pd.concat([summary, pd.DataFrame([ok, lost])],
+                                                 ignore_index=True),
+            "loss_curves": pd.concat([curves, curve], ignore_index=True)}
+
+
+def test_a_learning_rate_sweep_gets_its_panel_and_names_diverged_settings(tables_dirs, tmp_path):
+    tables = _with_lr_sweep(load_tables(tables_dirs["cpu_only"]))
+    fig = FIGURES["loss_curves"](tables)
+    try:
+        texts = _texts(fig)
+        assert "toy: learning rate [cpu]" in texts
+        assert "lr 100: diverged" in texts  # the legend marks it
+        assert any(t.startswith("every seed diverged at lr 100") for t in texts)
+        assert "lr 10" in texts  # the setting that trained is drawn
+        width = fig.get_size_inches()[0] * fig.dpi
+        save_png(fig, tmp_path / "lr.png")
+        assert mpimg.imread(tmp_path / "lr.png").shape[1] <= 1500, width
+    finally:
+        plt.close(fig)
+    # Without an lr sweep there is no lr column.
+    fig = FIGURES["loss_curves"](load_tables(tables_dirs["cpu_only"]))
+    try:
+        assert not any("learning rate" in t for t in _texts(fig))
+    finally:
+        plt.close(fig)
+
+
+def test_a_diverged_cell_of_the_accuracy_grid_says_so(tables_dirs):
+    tables = load_tables(tables_dirs["cpu_only"])
+    s = tables["train_summary"].copy()
+    toy = s[(s["dataset"] == "toy") & (s["variant"] == "width")].index[0]
+    s.loc[toy, ["status", "test_acc_mean", "test_acc_std"]] = ["diverged", float("nan"),
+                                                               float("nan")]
+    fig = FIGURES["test_accuracy"]({**tables, "train_summary": s})
+    try:
+        assert "every seed\ndiverged" in _texts(fig)
+    finally:
+        plt.close(fig)

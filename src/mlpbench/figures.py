@@ -6,8 +6,8 @@ One function per figure takes the tables (name -> DataFrame) and returns a Figur
 A figure whose data are missing or unavailable (e.g. CUDA on a machine without a GPU)
 still renders and says so inside the plot.
 
-Colours follow the Okabe-Ito palette, which stays distinguishable with colour-vision
-deficiencies; dtype is also told apart by line style and marker, not by colour alone.
+Colours, labels, orderings and number formats come from ``mlpbench.present``, which the
+report uses too, so a series is called and coloured the same in both.
 """
 
 from __future__ import annotations
@@ -31,19 +31,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from mlpbench.contract import FIGURES as FIGURE_NAMES  # noqa: E402
+from mlpbench.findings import train_device  # noqa: E402
 from mlpbench.io import write_bytes_atomic  # noqa: E402
+from mlpbench.present import (DEVICE_COLOURS, DIVERGED_COLOUR, DTYPE_STYLE,  # noqa: E402
+                              PALETTE, SERIES_COLOURS, dataset_order, device_name, fmt_time,
+                              series_label)
 from mlpbench.tables import load_tables  # noqa: E402
 
 Tables = Mapping[str, pd.DataFrame]
 
 DPI = 120
-# Okabe-Ito, reordered so the first colours read well as lines on white.
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#000000",
-           "#F0E442"]
-SERIES_COLOURS = {("numpy", "cpu"): PALETTE[0], ("torch", "cpu"): PALETTE[1],
-                  ("torch", "cuda"): PALETTE[2]}
-DTYPE_STYLE = {"float32": ("-", "o"), "float64": ("--", "s")}
-LESSON_GREY = "#7F7F7F"
 
 plt.rcParams.update({
     "font.size": 10.5,
@@ -75,11 +73,6 @@ def _log(ax, which: str = "y") -> None:
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     axis.set_major_formatter(_PlainLogFormatter())
     axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
-
-
-def dataset_order(names) -> list[str]:
-    """The lesson's order: its toy data first, then the homework's datasets by name."""
-    return sorted(set(names), key=lambda n: (n != "toy", n))
 
 
 def _figure(nrows: int, ncols: int, width: float, row_height: float,
@@ -124,15 +117,10 @@ def _subtitle(reasons: Mapping[str, str]) -> str:
         return ""
     parts = []
     for dev, why in reasons.items():
-        name = "CUDA" if dev == "cuda" else dev
+        name = device_name(dev)
         # Reasons usually name the device already ("CUDA unavailable: ...").
         parts.append(why if why.lower().startswith(name.lower()) else f"{name} unavailable: {why}")
     return "\n" + textwrap.fill("; ".join(parts), 110)
-
-
-def _series_label(backend: str, device: str, dtype: str) -> str:
-    library = "NumPy" if backend == "numpy" else "torch"
-    return f"{library} {'CUDA' if device == 'cuda' else device.upper()} {dtype}"
 
 
 def _style(backend: str, device: str, dtype: str) -> dict:
@@ -160,14 +148,6 @@ def _baselines(summary: pd.DataFrame) -> dict[str, pd.Series]:
 def _datasets(tables: Tables) -> list[str]:
     summary = _table(tables, "train_summary")
     return dataset_order(summary["dataset"]) if len(summary) else []
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds:.3g} s"
 
 
 # --------------------------------------------------------------------------- matmul
@@ -203,7 +183,7 @@ def fig_matmul_time(tables: Tables) -> Figure:
             style = _style(backend, device, dtype)
             line = g[g["case"] != "lesson"]
             h, = ax.plot(line[xcol], line["time_s_median"] * 1e3, **style)
-            handles[_series_label(backend, device, dtype)] = h
+            handles[series_label(backend, device, dtype)] = h
             lesson = g[g["case"] == "lesson"]
             if len(lesson):
                 ax.plot(lesson[xcol], lesson["time_s_median"] * 1e3, linestyle="none",
@@ -245,7 +225,7 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
             h = ax.scatter(g["intensity_flop_per_byte"], g["gflop_s"], color=style["color"],
                            marker=style["marker"], s=30, zorder=3,
                            facecolors=style["color"] if dtype == "float32" else "none")
-            handles[_series_label(backend, device, dtype)] = h
+            handles[series_label(backend, device, dtype)] = h
             mv = g[g["case"].isin(["gemv", "lesson"])].assign(mib=lambda d: d["bytes"] / 2**20)
             mv = mv.sort_values("mib")
             if len(mv):
@@ -258,7 +238,7 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
                 continue
             h, = ax.plot(grid, bw * grid, color="black", linestyle=[":", "-."][i % 2],
                          linewidth=1.2)
-            handles[f"{device.upper() if device == 'cuda' else 'CPU'} memory roof: "
+            handles[f"{device_name(device)} memory roof: "
                     f"{bw:.1f} GB/s × intensity"] = h
         _log(ax, "x")
         _log(ax, "y")
@@ -291,13 +271,13 @@ def fig_lesson_comparison(tables: Tables) -> Figure:
     for backend, device in groups:
         colour = SERIES_COLOURS.get((backend, device), PALETTE[5])
         for _, r in ref[(ref["backend"] == backend) & (ref["device"] == device)].iterrows():
-            bars.append((f"lesson: {_series_label(backend, device, r['dtype'])}"
+            bars.append((f"lesson: {series_label(backend, device, r['dtype'])}"
                          + (" (not synced)" if device == "cuda" else ""), r["time_s"], colour,
                          True, ""))
         ours = lesson[(lesson["backend"] == backend) & (lesson["device"] == device)]
         for _, r in ours.sort_values("dtype").iterrows():
             ok = r["status"] == "ok"
-            bars.append((f"this run: {_series_label(backend, device, r['dtype'])}",
+            bars.append((f"this run: {series_label(backend, device, r['dtype'])}",
                          r["time_s_median"] if ok else np.nan, colour, False,
                          "" if ok else str(r["status"])))
         if device == "cuda":
@@ -316,7 +296,7 @@ def fig_lesson_comparison(tables: Tables) -> Figure:
         if np.isfinite(tm):
             ax.barh(yi, tm, color=to_rgba(colour, 0.35 if hatched else 0.85),
                     edgecolor=colour, hatch="//" if hatched else None, linewidth=1.2)
-            ax.text(tm * 1.08, yi, _fmt_time(t), va="center", fontsize=9)
+            ax.text(tm * 1.08, yi, fmt_time(t), va="center", fontsize=9)
         else:
             ax.text(finite.min() / 2.5 if len(finite) else 1, yi, note, va="center",
                     fontsize=9, style="italic", color="#555555")
@@ -353,32 +333,46 @@ def _band_plot(ax, curve: pd.DataFrame, colour: str, label: str) -> None:
     ax.plot(curve["epoch"], curve["loss_mean"], color=colour, linewidth=1.6, label=label)
 
 
+def _lr_varied(summary: pd.DataFrame) -> bool:
+    return bool(len(summary)) and (summary["variant"] == "lr").any()
+
+
 def fig_loss_curves(tables: Tables) -> Figure:
-    """Training loss, mean over seeds with the min-max band, per homework axis and dataset."""
+    """Training loss, mean over seeds with the min-max band, per homework axis and dataset.
+
+    One column per axis: epochs, width, depth, and the learning rate where the run varied it.
+    A setting at which every seed diverged has no curve (its loss is not finite): the panel
+    names it in red, and the legend marks settings where some seeds diverged.
+    """
     curves = _table(tables, "loss_curves")
     summary = _table(tables, "train_summary")
     datasets = _datasets(tables)
-    fig, axes = _figure(max(len(datasets), 1), 3, 11.0, 3.4, sharey="row")
+    axes_shown = ["epochs", "width", "depth"] + (["lr"] if _lr_varied(summary) else [])
+    fig, axes = _figure(max(len(datasets), 1), len(axes_shown), 11.0 + 1.4 * (len(axes_shown) - 3),
+                        3.4)
     if not datasets:
         for ax in axes[0]:
             _empty(ax, "No training results.")
         return fig
     bases = _baselines(summary)
+    titles = {"epochs": "more epochs", "width": "more units (width)",
+              "depth": "more layers (depth)", "lr": "learning rate"}
     for row, dataset in enumerate(datasets):
+        for col in (1, 2):  # epochs, width and depth share a scale; the lr panel has its own
+            axes[row, col].sharey(axes[row, 0])
         c = curves[curves["dataset"] == dataset] if len(curves) else curves
-        device = _pick_device(summary[summary["dataset"] == dataset])
+        device = train_device(summary, dataset)
         base = bases.get(dataset)
-        titles = ("more epochs", "more units (width)", "more layers (depth)")
-        for col, title in enumerate(titles):
+        for col, axis in enumerate(axes_shown):
             ax = axes[row, col]
-            ax.set_title(f"{dataset}: {title}" + (f" [{device}]" if device else ""))
+            ax.set_title(f"{dataset}: {titles[axis]}" + (f" [{device}]" if device else ""))
             if device is None or base is None or c.empty:
                 _empty(ax, f"No training curves for {dataset}"
                        + (" (every device unavailable)." if device is None else "."))
                 continue
             cd = c[c["device"] == device]
             s = summary[(summary["dataset"] == dataset) & (summary["device"] == device)]
-            if col == 0:
+            if axis == "epochs":
                 curve = cd[_shape_match(cd, width=base["width"], depth=base["depth"],
                                         lr=base["lr"])]
                 checks = sorted(s[s["variant"].isin(["baseline", "epochs"])]["epochs"].unique())
@@ -388,16 +382,7 @@ def fig_loss_curves(tables: Tables) -> Figure:
                 ax.plot([], [], color="#555555", linestyle=":",
                         label="checkpoints: " + ", ".join(f"{int(e)}" for e in checks))
             else:
-                axis, fixed = ("width", "depth") if col == 1 else ("depth", "width")
-                sel = s[s["variant"].isin(["baseline", axis])
-                        & np.isclose(s["epochs"], base["epochs"])]
-                values = sorted(sel[axis].unique())
-                for i, v in enumerate(values):
-                    curve = cd[_shape_match(cd, **{axis: v, fixed: base[fixed], "lr": base["lr"]})]
-                    curve = curve[curve["epoch"] <= base["epochs"]]
-                    _band_plot(ax, curve, PALETTE[i % len(PALETTE)], f"{axis} {int(v)}")
-                if len(values) < 2:
-                    _note(ax, f"Only one {axis} in this run.")
+                _axis_curves(ax, cd, s, base, axis)
             ax.set_xlabel("epoch")
             if col == 0:
                 ax.set_ylabel("training loss (cross-entropy)")
@@ -405,6 +390,40 @@ def fig_loss_curves(tables: Tables) -> Figure:
     fig.suptitle("Training loss: mean over seeds, band = min-max over seeds "
                  "(diverged seeds left out)")
     return fig
+
+
+def _axis_curves(ax, curves: pd.DataFrame, summary: pd.DataFrame, base: pd.Series,
+                 axis: str) -> None:
+    """The baseline and the settings along ``axis`` (others as in the baseline), at the
+    baseline's epochs; settings whose every seed diverged are named in red."""
+    fixed = [a for a in ("width", "depth", "lr") if a != axis]
+    sel = summary[summary["variant"].isin(["baseline", axis])
+                  & np.isclose(summary["epochs"], base["epochs"])].sort_values(axis)
+    lost = []
+    for i, (_, r) in enumerate(sel.iterrows()):
+        value = f"{r[axis]:g}"
+        if r["status"] == "diverged":
+            lost.append(value)
+            continue
+        curve = curves[_shape_match(curves, **{axis: r[axis]}, **{a: base[a] for a in fixed})]
+        curve = curve[curve["epoch"] <= base["epochs"]]
+        part = f" ({int(r['n_diverged'])} of {int(r['n_seeds'])} seeds diverged)" \
+            if r["n_diverged"] > 0 else ""
+        _band_plot(ax, curve, PALETTE[i % len(PALETTE)], f"{axis} {value}{part}")
+    if lost:
+        ax.plot([], [], color=DIVERGED_COLOUR, marker="x", linestyle="none",
+                label=f"{axis} {', '.join(lost)}: diverged")
+        ax.text(0.03, 0.04, textwrap.fill(f"every seed diverged at {axis} {', '.join(lost)}: "
+                                          "no finite loss to draw", 34),
+                transform=ax.transAxes, fontsize=8.5, color=DIVERGED_COLOUR, va="bottom",
+                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": DIVERGED_COLOUR})
+    drawn = sel[sel["status"] != "diverged"]
+    if axis == "lr" and len(drawn):
+        top = drawn["loss_max"].max() / max(drawn["loss_min"].min(), 1e-12)
+        if np.isfinite(top) and top > 100:  # a learning rate that blew the loss up
+            _log(ax, "y")
+    if len(sel) < 2:
+        _note(ax, f"Only one {axis} in this run.")
 
 
 def fig_test_accuracy(tables: Tables) -> Figure:
@@ -420,7 +439,7 @@ def fig_test_accuracy(tables: Tables) -> Figure:
     image = None
     for ax, dataset in zip(axes[0], datasets):
         s = summary[summary["dataset"] == dataset]
-        device, base = _pick_device(s), bases.get(dataset)
+        device, base = train_device(summary, dataset), bases.get(dataset)
         if device is None or base is None:
             ax.set_title(dataset)
             _empty(ax, f"No accuracy for {dataset}: every device unavailable.")
@@ -432,6 +451,9 @@ def fig_test_accuracy(tables: Tables) -> Figure:
                              aggfunc="first").reindex(index=depths, columns=widths)
         std = s.pivot_table(index="depth", columns="width", values="test_acc_std",
                             aggfunc="first").reindex(index=depths, columns=widths)
+        lost = s.assign(lost=s["status"] == "diverged").pivot_table(
+            index="depth", columns="width", values="lost", aggfunc="any"
+        ).reindex(index=depths, columns=widths).fillna(False)
         image = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap=cmap,
                           vmin=0, vmax=1, origin="lower", aspect="auto")
         for i in range(len(depths)):
@@ -441,6 +463,9 @@ def fig_test_accuracy(tables: Tables) -> Figure:
                     text = f"{v:.0%}" + (f"\n±{sd:.0%}" if np.isfinite(sd) else "")
                     ax.text(j, i, text, ha="center", va="center", fontsize=8.5,
                             color="black" if v > 0.6 else "white")
+                elif lost.iat[i, j]:
+                    ax.text(j, i, "every seed\ndiverged", ha="center", va="center",
+                            fontsize=7.5, color=DIVERGED_COLOUR)
                 else:
                     ax.text(j, i, "not run", ha="center", va="center", fontsize=7.5,
                             color="#666666")
@@ -578,7 +603,7 @@ def fig_epoch_time(tables: Tables) -> Figure:
     if "ensemble" in set(et["method"]):
         et = et[et["method"] == "ensemble"]
     devices = ["cpu", "cuda"] + sorted(set(et["device"]) - {"cpu", "cuda"})
-    colours = {"cpu": SERIES_COLOURS[("torch", "cpu")], "cuda": SERIES_COLOURS[("torch", "cuda")]}
+    colours = DEVICE_COLOURS
     reasons = _unavailable_reasons(et)
     for ax, dataset in zip(axes[0], datasets):
         d = et[et["dataset"] == dataset]
@@ -596,14 +621,14 @@ def fig_epoch_time(tables: Tables) -> Figure:
         for i, (device, t) in enumerate(series.items()):
             ax.bar(x + (i - (len(series) - 1) / 2) * step, t, width=step,
                    color=colours.get(device, PALETTE[5]),
-                   label="CUDA" if device == "cuda" else device.upper())
+                   label=device_name(device))
         ax.set_xticks(x, [f"w{int(w)}\nd{int(dp)}" for w, dp in shapes.itertuples(index=False)],
                       fontsize=8.5)
         ax.set_xlabel("shape (w = width, d = depth)")
         ax.set_ylabel("time per epoch, whole ensemble (ms)")
         members = d["n_members"].dropna()
         missing = [dev for dev in devices if dev in reasons]
-        note = "; ".join(f"{'CUDA' if dev == 'cuda' else dev} unavailable" for dev in missing)
+        note = "; ".join(f"{device_name(dev)} unavailable" for dev in missing)
         # The figure's subtitle already says which device was unavailable and why.
         ax.set_title(f"{dataset}" + (f": {int(members.max())} members per ensemble"
                                      if len(members) else ""))
@@ -621,7 +646,7 @@ def fig_epoch_time(tables: Tables) -> Figure:
 
 # --------------------------------------------------------------------------- entry points
 
-FIGURES: dict[str, Callable[[Tables], Figure]] = {
+_DRAW: dict[str, Callable[[Tables], Figure]] = {
     "matmul_time": fig_matmul_time,
     "matmul_roofline": fig_matmul_roofline,
     "lesson_comparison": fig_lesson_comparison,
@@ -631,6 +656,8 @@ FIGURES: dict[str, Callable[[Tables], Figure]] = {
     "grad_norms": fig_grad_norms,
     "epoch_time": fig_epoch_time,
 }
+# The names (and their order) are the contract's; a figure without a drawing fails at import.
+FIGURES: dict[str, Callable[[Tables], Figure]] = {name: _DRAW[name] for name in FIGURE_NAMES}
 
 
 def save_png(fig: Figure, out_path: str | os.PathLike) -> None:

@@ -568,7 +568,7 @@ def build_tables(
     baselines.update({name: cfg["baseline"] for name, cfg in datasets_cfg.items()
                       if "baseline" in cfg})
     summary = train_summary_table(metrics, baselines)
-    return {
+    tables = {
         "matmul": matmul_table(_read_many(matmul_files, MATMUL)),
         "train_summary": summary,
         "loss_curves": loss_curves_table(_read_train(train_dirs, "losses")),
@@ -579,6 +579,11 @@ def build_tables(
         "data_points": data_points_table(datasets_cfg, points_loader),
         "machine": machine_table(machine_files),
     }
+    # The conclusions are computed from the tables above (mlpbench.findings imports this module).
+    from mlpbench.findings import findings_table
+
+    tables["findings"] = findings_table(tables)
+    return tables
 
 
 def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: PathLike) -> list[Path]:

@@ -16,6 +16,10 @@ from mlpbench.config import (
     read_config_file,
 )
 
+# Table and figure names, declared once in mlpbench.contract (stdlib + pyarrow only, so
+# building the DAG imports neither pandas nor matplotlib).
+from mlpbench.contract import FIGURES, SUMMARY_TABLES, TRAIN_TABLES
+
 min_version("9.0")
 
 DEFAULT_CONFIG = "config/config.yaml"
@@ -57,30 +61,6 @@ except WorkflowError as err:
 
 CONFIG_HASH = config_hash(config)
 MACHINE_ID = machine_id(config["machine_id"])
-TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "decision"]
-# Names of the aggregated tables and figures, spelled out here so that building the DAG does not
-# import pandas or matplotlib; tests/test_workflow.py checks them against mlpbench.tables/figures.
-SUMMARY_TABLES = [
-    "matmul",
-    "train_summary",
-    "loss_curves",
-    "epoch_time",
-    "grad_norms",
-    "lesson_reference",
-    "decision_regions",
-    "data_points",
-    "machine",
-]
-FIGURES = {
-    "matmul_time": "Matmul",
-    "matmul_roofline": "Matmul",
-    "lesson_comparison": "Matmul",
-    "loss_curves": "Training",
-    "test_accuracy": "Training",
-    "decision_regions": "Training",
-    "grad_norms": "Training",
-    "epoch_time": "Training",
-}
 
 
 def usable_cores():

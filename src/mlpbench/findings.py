@@ -1,0 +1,624 @@
+"""The run's conclusions, as data: every judgement the report states, with its evidence.
+
+``findings_table(tables)`` takes the summary tables of ``mlpbench.tables`` by name and
+returns one row per conclusion. The report turns rows into sentences; it decides nothing.
+
+Columns (``FINDINGS_COLUMNS``)
+------------------------------
+finding          id of the rule (see ``RULES``), e.g. ``axis_effect``
+section          ``matmul``, ``training``, ``lesson`` or ``machine``
+dataset, device  what the finding is about (None where it does not apply)
+subject          what is judged, in words, e.g. ``"width 8 vs baseline (test_acc)"``
+verdict          a short machine-readable word, e.g. ``better``, ``within_seed_noise``
+value            the number judged (float64, NaN where there is none)
+reference_value  what it is judged against (float64, NaN where there is none)
+unit             unit of ``value`` and ``reference_value``: ``s``, ``ratio``, ``fraction``,
+                 ``nats``, ``GB/s``, ``GFLOP/s``, ``FLOP/byte``, ``count`` (None if no value)
+rule             the rule applied, in words
+evidence         JSON object: the rows (by their key columns) and numbers the finding rests on
+
+Thresholds are module constants so a reader finds each in one place; ``findings_table``
+takes them as keyword arguments for callers that want another rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlpbench.tables import HOMEWORK_AXES, rank_configurations
+
+FINDINGS_COLUMNS = ["finding", "section", "dataset", "device", "subject", "verdict", "value",
+                    "reference_value", "unit", "rule", "evidence"]
+
+TWIN_TOLERANCE = 0.25        # twin timings of one product that differ by more disagree
+NON_MONOTONIC_FACTOR = 1.5   # a product this much slower than a larger one is flagged
+CHANCE_MARGIN = 0.05         # test accuracy within this of chance is "at chance"
+STALL_SHARE = 0.9            # final loss above this share of the initial loss: stalled
+ABOVE_COPY = 1.05            # bandwidth share above this beats the copy benchmark
+BANDWIDTH_BOUND = 0.5        # bandwidth share at least this: bandwidth is the limit
+MEMORY_BOUND_INTENSITY = 1.0  # FLOP per byte below this: memory bound on any current device
+SMALL_TEST_SET = 5           # a test set of at most this many points moves in big steps
+
+RULES = {
+    "cuda_status": "CUDA is available for a stage when any of its CUDA rows has status ok",
+    "lesson_case_shape": "the run's lesson case has the lesson's shape m, k, n",
+    "lesson_fastest": "the lesson-case product with the smallest median time",
+    "lesson_numpy_gap": "the lesson's NumPy time over its torch CPU time; bytes / time = GB/s",
+    "gpu_vs_cpu": "torch float32 lesson-case median time on the CPU over the same on CUDA",
+    "transfer_cost": "copy of y to the GPU (h2d) against the product's own CUDA time",
+    "lesson_intensity": f"FLOP per operand byte below {MEMORY_BOUND_INTENSITY:g}: memory bound",
+    "copy_bandwidth": "the highest copy bandwidth measured on each device",
+    "dtype_vs_library": "the dtype explains most of the NumPy/torch gap when |log| of NumPy "
+                        "float64/float32 is at least |log| of NumPy/torch at either dtype",
+    "twin_timing": f"one product timed in two series disagrees when the times differ by more "
+                   f"than {TWIN_TOLERANCE:.0%} (|log ratio| > log {1 + TWIN_TOLERANCE:g})",
+    "lesson_bandwidth_share": f"the lesson product's best share of the measured copy bandwidth: "
+                              f"above {ABOVE_COPY:g} beats the copy benchmark, at least "
+                              f"{BANDWIDTH_BOUND:g} is bandwidth bound, below is held back",
+    "gemv_cache": "matrix-vector products above the copy bandwidth (share > 1) run from cache",
+    "best_square": "the square product with the highest GFLOP/s",
+    "rises_with_size": f"within one series a product that took more than "
+                       f"{NON_MONOTONIC_FACTOR:g}× the time of a larger one does not rise "
+                       f"with size (the worst such pair is kept)",
+    "training_result": "the baseline (variant 'baseline') on the dataset's training device "
+                       "(CPU when it has ok rows, else the first device that has)",
+    "best_variant": "best ok configuration other than the baseline by rank_configurations "
+                    "(test accuracy, then loss, then the smaller network); 95% CIs compared",
+    "axis_effect": "the ok setting farthest from the baseline along one axis vs the baseline: "
+                   "a real change when the 95% CIs of the means do not overlap, within seed "
+                   "noise when they do, too few seeds when either CI is undefined",
+    "axis_best": "the best configuration along an axis by rank_configurations",
+    "divergence": "share of seeds with a non-finite loss; all_diverged when every seed did",
+    "at_chance": f"mean test accuracy within {CHANCE_MARGIN:g} of 1 / number of classes",
+    "stalled": f"mean final loss above the mean loss before the first step: rose; above "
+               f"{STALL_SHARE:g} × it: stalled; else learned",
+    "seed_spread": "worst and best single-seed test accuracy of a configuration",
+    "chance_level": "expected accuracy of guessing one of the dataset's classes at random",
+    "test_set_size": f"a test set of at most {SMALL_TEST_SET} points allows only coarse "
+                     f"accuracies",
+    "grad_ratio": "first-layer over output-layer mean gradient norm at initialisation, "
+                  "baseline width and lr, per depth",
+    "cuda_vs_cpu_epoch": "median over shapes of the CPU's ensemble epoch time over CUDA's",
+    "ensemble_gain": "median over shapes of the loop's per-network epoch time over the "
+                     "ensemble's per-member epoch time",
+    "member_epoch_range": "fastest and slowest ensemble time per member-epoch",
+    "matmul_blocks": "fewest and most timer blocks behind one median (products and copies)",
+    "seeds": "most seeds trained per configuration of a dataset",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _row(finding: str, section: str, subject: str, verdict: str, evidence: Mapping[str, Any],
+         *, dataset: str | None = None, device: str | None = None, value: float = math.nan,
+         reference_value: float = math.nan, unit: str | None = None) -> dict[str, Any]:
+    return {"finding": finding, "section": section, "dataset": dataset, "device": device,
+            "subject": subject, "verdict": verdict, "value": _float(value),
+            "reference_value": _float(reference_value), "unit": unit, "rule": RULES[finding],
+            "evidence": json.dumps(_plain(evidence), sort_keys=True, allow_nan=False)}
+
+
+def _float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(*xs: Any) -> bool:
+    return all(math.isfinite(_float(x)) for x in xs)
+
+
+def _key(row: pd.Series, columns: list[str]) -> dict[str, Any]:
+    return {c: row[c] for c in columns if c in row.index}
+
+
+MM_KEY = ["backend", "device", "dtype", "case", "kind", "m", "k", "n", "time_s_median",
+          "time_s_iqr", "status"]
+TRAIN_KEY = ["dataset", "device", "width", "depth", "lr", "epochs", "variant", "status",
+             "n_seeds", "n_ok"]
+
+
+def _series(backend: str, device: str, dtype: str) -> str:
+    return f"{backend} {device} {dtype}"
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cuda_status(tables: Mapping[str, pd.DataFrame]) -> list[dict]:
+    """One row per stage that has a device column: is CUDA available, and if not why."""
+    out = []
+    for stage in ("matmul", "epoch_time", "train_summary"):
+        df = tables.get(stage)
+        if df is None:
+            continue
+        rows = df[df["device"] == "cuda"]
+        if rows.empty:
+            verdict, reason = "not_configured", "CUDA was not part of this run's configuration"
+        elif (rows["status"] == "ok").any():
+            verdict, reason = "available", ""
+        else:
+            reasons = rows["reason"].dropna().astype(str)
+            verdict, reason = "unavailable", reasons.iloc[0] if len(reasons) else "no CUDA results"
+        out.append(_row("cuda_status", "machine", stage, verdict,
+                        {"stage": stage, "n_cuda_rows": len(rows), "reason": reason},
+                        device="cuda"))
+    return out
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def _lesson_ok(mm: pd.DataFrame) -> pd.DataFrame:
+    return mm[(mm["case"] == "lesson") & (mm["kind"] == "matmul") & (mm["status"] == "ok")]
+
+
+def _lesson_time(mm: pd.DataFrame, backend: str, device: str, dtype: str) -> float:
+    r = _lesson_ok(mm)
+    r = r[(r["backend"] == backend) & (r["device"] == device) & (r["dtype"] == dtype)]
+    return float(r["time_s_median"].iloc[0]) if len(r) else math.nan
+
+
+def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
+                    twin_tolerance: float = TWIN_TOLERANCE,
+                    non_monotonic_factor: float = NON_MONOTONIC_FACTOR) -> list[dict]:
+    out: list[dict] = []
+    ok = mm[(mm["kind"] == "matmul") & (mm["status"] == "ok")]
+    lesson_ok = _lesson_ok(mm)
+    ours = mm[(mm["case"] == "lesson") & (mm["kind"] == "matmul")]
+    if len(ours) and len(lesson):
+        r, ref = ours.iloc[0], lesson.iloc[0]
+        same = (int(r["m"]), int(r["k"]), int(r["n"])) == (int(ref["m"]), int(ref["k"]),
+                                                            int(ref["n"]))
+        out.append(_row("lesson_case_shape", "lesson", f"x({r['m']}×{r['k']}) @ y({r['k']}×"
+                        f"{r['n']})", "same" if same else "differs",
+                        {"run": _key(r, ["m", "k", "n"]), "lesson": _key(ref, ["m", "k", "n"])}))
+    np64 = _lesson_time(mm, "numpy", "cpu", "float64")
+    if len(lesson_ok):
+        f = lesson_ok.sort_values(["time_s_median", "backend", "device", "dtype"]).iloc[0]
+        out.append(_row("lesson_fastest", "matmul", _series(f["backend"], f["device"], f["dtype"]),
+                        "fastest", {"fastest": _key(f, MM_KEY), "numpy_float64_s": np64,
+                                    "candidates": len(lesson_ok),
+                                    "speedup_vs_numpy_float64": np64 / f["time_s_median"]},
+                        device=f["device"], value=f["time_s_median"], reference_value=np64,
+                        unit="s"))
+    if len(lesson):
+        l_np = lesson[lesson["backend"] == "numpy"]
+        l_t = lesson[(lesson["backend"] == "torch") & (lesson["device"] == "cpu")]
+        if len(l_np) and len(l_t):
+            a, b = l_np.iloc[0], l_t.iloc[0]
+            out.append(_row("lesson_numpy_gap", "lesson", "lesson: NumPy float64 vs torch CPU "
+                            "float32", "twice_the_bytes" if a["dtype"] != b["dtype"]
+                            else "same_dtype",
+                            {"numpy": _key(a, ["dtype", "time_s", "gb_s", "bytes"]),
+                             "torch": _key(b, ["dtype", "time_s", "gb_s", "bytes"])},
+                            value=a["time_s"] / b["time_s"], unit="ratio"))
+    cpu32 = _lesson_time(mm, "torch", "cpu", "float32")
+    cuda32 = _lesson_time(mm, "torch", "cuda", "float32")
+    if _finite(cpu32, cuda32):
+        out.append(_row("gpu_vs_cpu", "matmul", "torch float32 lesson product, CUDA vs CPU",
+                        "gpu_faster" if cuda32 <= cpu32 else "gpu_slower",
+                        {"cpu_s": cpu32, "cuda_s": cuda32, "cpu_over_cuda": cpu32 / cuda32},
+                        device="cuda",
+                        value=cuda32, reference_value=cpu32, unit="s"))
+        h2d = mm[(mm["case"] == "lesson") & (mm["kind"] == "h2d") & (mm["dtype"] == "float32")
+                 & (mm["status"] == "ok")]
+        if len(h2d):
+            t = float(h2d["time_s_median"].iloc[0])
+            out.append(_row("transfer_cost", "matmul", "copy y to the GPU vs the product",
+                            "copy_dominates" if t > cuda32 else "product_dominates",
+                            {"h2d": _key(h2d.iloc[0], MM_KEY), "cuda_product_s": cuda32,
+                             "copy_over_product": t / cuda32},
+                            device="cuda", value=t, reference_value=cuda32, unit="s"))
+    l32 = lesson_ok[lesson_ok["dtype"] == "float32"]
+    if len(l32):
+        i = float(l32["intensity_flop_per_byte"].iloc[0])
+        out.append(_row("lesson_intensity", "matmul", "lesson product in float32",
+                        "memory_bound" if i < MEMORY_BOUND_INTENSITY else "compute_capable",
+                        {"row": _key(l32.iloc[0], MM_KEY)}, value=i,
+                        reference_value=MEMORY_BOUND_INTENSITY, unit="FLOP/byte"))
+    copies = mm[(mm["kind"] == "copy") & (mm["status"] == "ok")]
+    for device, g in copies.groupby("device", sort=True):
+        top = g.sort_values("gb_s").iloc[-1]
+        out.append(_row("copy_bandwidth", "matmul", f"copy on {device}", "measured",
+                        {"row": _key(top, [*MM_KEY, "gb_s"]), "n_rows": len(g)}, device=device,
+                        value=top["gb_s"], unit="GB/s"))
+    out += _dtype_vs_library(mm, lesson_ok, np64, cpu32)
+    out += _twin_timings(mm, twin_tolerance)
+    if len(lesson_ok):
+        top = lesson_ok.sort_values("bandwidth_share").iloc[-1]
+        share = float(top["bandwidth_share"])
+        verdict = ("above_copy_bandwidth" if share > ABOVE_COPY else
+                   "bandwidth_bound" if share >= BANDWIDTH_BOUND else "below_bandwidth")
+        out.append(_row("lesson_bandwidth_share", "matmul",
+                        _series(top["backend"], top["device"], top["dtype"]), verdict,
+                        {"row": _key(top, [*MM_KEY, "bytes", "gb_s", "bandwidth_gb_s"])},
+                        device=top["device"], value=share, reference_value=1.0, unit="ratio"))
+    mv = ok[ok["case"] == "gemv"]
+    if len(mv) and mv["bandwidth_share"].max() > 1:
+        top = mv.sort_values("bandwidth_share").iloc[-1]
+        out.append(_row("gemv_cache", "matmul", _series(top["backend"], top["device"],
+                                                        top["dtype"]), "above_copy_bandwidth",
+                        {"row": _key(top, [*MM_KEY, "bytes", "gb_s"])}, device=top["device"],
+                        value=top["bandwidth_share"], reference_value=1.0, unit="ratio"))
+    sq = ok[ok["case"] == "square"]
+    if len(sq):
+        top = sq.sort_values("gflop_s").iloc[-1]
+        out.append(_row("best_square", "matmul", _series(top["backend"], top["device"],
+                                                         top["dtype"]), "best",
+                        {"row": _key(top, [*MM_KEY, "gflop_s", "intensity_flop_per_byte"])},
+                        device=top["device"], value=top["gflop_s"], unit="GFLOP/s"))
+    out += _rises_with_size(ok, non_monotonic_factor)
+    n_runs = mm.loc[mm["status"] == "ok", "n_runs"].dropna()
+    if len(n_runs):
+        out.append(_row("matmul_blocks", "matmul", "timer blocks per matmul median", "measured",
+                        {"n_rows": len(n_runs)}, value=n_runs.min(),
+                        reference_value=n_runs.max(), unit="count"))
+    return out
+
+
+def _dtype_vs_library(mm, lesson_ok, np64, cpu32) -> list[dict]:
+    np32 = _lesson_time(mm, "numpy", "cpu", "float32")
+    t64 = _lesson_time(mm, "torch", "cpu", "float64")
+    ratios = {"numpy64_over_torch32": np64 / cpu32 if _finite(np64, cpu32) else math.nan,
+              "dtype_numpy64_over_numpy32": np64 / np32 if _finite(np64, np32) else math.nan,
+              "library_float32": np32 / cpu32 if _finite(np32, cpu32) else math.nan,
+              "library_float64": np64 / t64 if _finite(np64, t64) else math.nan}
+    times = {"numpy_float64_s": np64, "numpy_float32_s": np32, "torch_float32_s": cpu32,
+             "torch_float64_s": t64}
+    if not _finite(*ratios.values()):
+        return [_row("dtype_vs_library", "lesson", "NumPy float64 vs torch float32 on the CPU",
+                     "incomplete", {**times, **ratios}, device="cpu")]
+    dtype = abs(math.log(ratios["dtype_numpy64_over_numpy32"]))
+    library = max(abs(math.log(ratios["library_float32"])),
+                  abs(math.log(ratios["library_float64"])))
+    return [_row("dtype_vs_library", "lesson", "NumPy float64 vs torch float32 on the CPU",
+                 "dtype" if dtype >= library else "library", {**times, **ratios},
+                 device="cpu", value=ratios["dtype_numpy64_over_numpy32"],
+                 reference_value=math.exp(library), unit="ratio")]
+
+
+def _twin_timings(mm: pd.DataFrame, tolerance: float) -> list[dict]:
+    """Lesson-case CPU products that the matrix-vector series timed again."""
+    out = []
+    ok = mm[(mm["kind"] == "matmul") & (mm["status"] == "ok") & (mm["device"] == "cpu")]
+    for _, row in ok[ok["case"] == "lesson"].iterrows():
+        twin = ok[(ok["case"] == "gemv") & (ok["backend"] == row["backend"])
+                  & (ok["dtype"] == row["dtype"]) & (ok["m"] == row["m"])
+                  & (ok["k"] == row["k"]) & (ok["n"] == row["n"])]
+        if twin.empty:
+            continue
+        t, t_twin = float(row["time_s_median"]), float(twin["time_s_median"].iloc[0])
+        disagree = abs(math.log(t_twin / t)) > math.log(1 + tolerance)
+        out.append(_row("twin_timing", "lesson", _series(row["backend"], "cpu", row["dtype"]),
+                        "disagree" if disagree else "agree",
+                        {"lesson_case": _key(row, MM_KEY), "gemv_twin": _key(twin.iloc[0], MM_KEY),
+                         "iqr_share": row["time_s_iqr"] / t, "tolerance": tolerance},
+                        device="cpu", value=t, reference_value=t_twin, unit="s"))
+    return out
+
+
+def _rises_with_size(ok: pd.DataFrame, factor: float) -> list[dict]:
+    """Per backend x device x dtype, matrix-vector and square series apart: the worst pair
+    of a product slower than a larger one."""
+    out = []
+    series = ok[ok["case"].isin(["gemv", "lesson", "square"])]
+    for (backend, device, dtype), g in series.groupby(["backend", "device", "dtype"], sort=True):
+        for vector, h in g.groupby(g["m"] == 1, sort=False):
+            kind = "matrix-vector" if vector else "square"
+            h = h.assign(size=h["k"] * h["n"] * h["m"]).sort_values(["size", "case"])
+            h = h.drop_duplicates("size")
+            t = h["time_s_median"].to_numpy(dtype=float)
+            pairs = [(t[i] / t[j], i, j) for i in range(len(t)) for j in range(i + 1, len(t))]
+            subject = f"{_series(backend, device, dtype)}, {kind}"
+            if not pairs:
+                out.append(_row("rises_with_size", "matmul", subject, "too_few_sizes",
+                                {"sizes": len(h)}, device=device))
+                continue
+            ratio, i, j = max(pairs)
+            a, b = h.iloc[i], h.iloc[j]
+            out.append(_row("rises_with_size", "matmul", subject,
+                            "does_not_rise" if ratio > factor else "rises",
+                            {"smaller": _key(a, MM_KEY), "larger": _key(b, MM_KEY),
+                             "sizes": len(h), "factor": factor},
+                            device=device, value=ratio, reference_value=factor, unit="ratio"))
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_device(summary: pd.DataFrame, dataset: str) -> str | None:
+    """The device whose rows tell ``dataset``'s story: CPU when it has ok rows, else the first
+    device (by name) that has; failing that, the same choice among devices whose every seed
+    diverged; None when no device trained at all (e.g. CUDA only, and unavailable)."""
+    d = summary[summary["dataset"] == dataset]
+    for status in (["ok"], ["diverged"]):
+        devices = set(d.loc[d["status"].isin(status), "device"])
+        if devices:
+            return "cpu" if "cpu" in devices else sorted(devices)[0]
+    return None
+
+
+def _ci_verdict(base: pd.Series, row: pd.Series, metric: str, higher_is_better: bool) -> str:
+    b = base[f"{metric}_ci95_low"], base[f"{metric}_ci95_high"]
+    r = row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]
+    if not _finite(*b, *r):
+        return "too_few_seeds"
+    if r[0] > b[1] or r[1] < b[0]:
+        up = row[f"{metric}_mean"] > base[f"{metric}_mean"]
+        return "better" if up == higher_is_better else "worse"
+    return "within_seed_noise"
+
+
+def _ci(row: pd.Series, metric: str) -> dict[str, Any]:
+    return {s: row[f"{metric}_{s}"] for s in ("mean", "ci95_low", "ci95_high")}
+
+
+def config_label(row: pd.Series, axes: tuple[str, ...] = ("width", "depth", "epochs", "lr")) -> str:
+    return ", ".join(f"{a} {float(row[a]):g}" for a in axes)
+
+
+def _compare(finding: str, dataset: str, device: str, base: pd.Series, row: pd.Series,
+             subject: str, metric: str, extra: Mapping[str, Any]) -> dict:
+    higher = metric != "loss"
+    return _row(finding, "training", f"{subject} ({metric})",
+                _ci_verdict(base, row, metric, higher),
+                {**extra, "metric": metric, "row": _key(row, TRAIN_KEY),
+                 "baseline": _key(base, TRAIN_KEY), "row_ci95": _ci(row, metric),
+                 "baseline_ci95": _ci(base, metric)},
+                dataset=dataset, device=device, value=row[f"{metric}_mean"],
+                reference_value=base[f"{metric}_mean"],
+                unit="nats" if metric == "loss" else "fraction")
+
+
+def _chance(points: pd.DataFrame, dataset: str) -> float:
+    if points is None or points.empty:
+        return math.nan
+    labels = points.loc[points["dataset"] == dataset, "label"]
+    return 1 / labels.nunique() if len(labels) else math.nan
+
+
+def _seed_spread(dataset, device, row, subject) -> dict:
+    lo, hi = row["test_acc_min"], row["test_acc_max"]
+    return _row("seed_spread", "training", subject,
+                "seed_independent" if np.isclose(lo, hi) else "seed_dependent",
+                {"row": _key(row, TRAIN_KEY), "share_diverged": row["share_diverged"]},
+                dataset=dataset, device=device, value=lo, reference_value=hi, unit="fraction")
+
+
+def _initial_loss(curves: pd.DataFrame, dataset: str, row: pd.Series) -> float:
+    if curves is None or curves.empty:
+        return math.nan
+    c = curves[(curves["dataset"] == dataset) & (curves["device"] == row["device"])
+               & (curves["epoch"] == 1) & np.isclose(curves["width"], row["width"])
+               & np.isclose(curves["depth"], row["depth"]) & np.isclose(curves["lr"], row["lr"])]
+    return float(c["loss_mean"].iloc[0]) if len(c) else math.nan
+
+
+def axis_rows(rows: pd.DataFrame, base: pd.Series, axis: str) -> pd.DataFrame:
+    """The baseline and the configurations differing from it only along ``axis`` (at the
+    baseline's epochs unless the axis is epochs), sorted along it."""
+    sel = rows[rows["variant"].isin(["baseline", axis])]
+    if axis != "epochs":
+        sel = sel[np.isclose(sel["epochs"].astype(float), float(base["epochs"]))]
+    return sel.sort_values(axis)
+
+
+def training_findings(summary: pd.DataFrame, curves: pd.DataFrame | None,
+                      points: pd.DataFrame | None, grads: pd.DataFrame | None, *,
+                      chance_margin: float = CHANCE_MARGIN,
+                      stall_share: float = STALL_SHARE) -> list[dict]:
+    out: list[dict] = []
+    for dataset in sorted(set(summary["dataset"].dropna())):
+        device = train_device(summary, dataset)
+        rows = summary[(summary["dataset"] == dataset) & (summary["device"] == device)]
+        base = rows[rows["variant"] == "baseline"]
+        chance = _chance(points, dataset)
+        out.append(_row("seeds", "training", f"seeds of {dataset}", "measured",
+                        {"n_configurations": int((summary["dataset"] == dataset).sum())},
+                        dataset=dataset,
+                        value=summary.loc[summary["dataset"] == dataset, "n_seeds"].max(),
+                        unit="count"))
+        if math.isfinite(chance):
+            p = points[points["dataset"] == dataset]
+            n_test = int((p["split"] == "test").sum())
+            out.append(_row("chance_level", "training", f"{dataset}: random guess", "reference",
+                            {"n_classes": int(p["label"].nunique())}, dataset=dataset,
+                            value=chance, unit="fraction"))
+            out.append(_row("test_set_size", "training", f"{dataset}: test points",
+                            "small" if 0 < n_test <= SMALL_TEST_SET else "adequate",
+                            {"n_test": n_test, "n_train": int((p["split"] == "train").sum())},
+                            dataset=dataset, value=n_test, reference_value=SMALL_TEST_SET,
+                            unit="count"))
+        if device is None or base.empty:
+            out.append(_row("training_result", "training", f"{dataset}: baseline", "not_trained",
+                            {"devices": sorted(set(summary.loc[summary["dataset"] == dataset,
+                                                               "device"].dropna()))},
+                            dataset=dataset))
+            continue
+        base = base.iloc[0]
+        out.append(_row("training_result", "training", f"{dataset}: baseline "
+                        f"({config_label(base)})", "ok" if base["status"] == "ok"
+                        else str(base["status"]),
+                        {"row": _key(base, TRAIN_KEY), "test_acc_ci95": _ci(base, "test_acc")},
+                        dataset=dataset, device=device, value=base["test_acc_mean"],
+                        unit="fraction"))
+        out.append(_seed_spread(dataset, device, base, f"{dataset}: baseline"))
+        ranked = rank_configurations(rows)
+        best = ranked[ranked["variant"] != "baseline"]
+        if len(best) and base["status"] == "ok":
+            b = best.iloc[0]
+            out.append(_compare("best_variant", dataset, device, base, b,
+                                f"{config_label(b)} vs baseline", "test_acc",
+                                {"ranked": len(ranked)}))
+        else:
+            out.append(_row("best_variant", "training", f"{dataset}: best variant",
+                            "none_trained", {"ranked": len(ranked)}, dataset=dataset,
+                            device=device))
+        for _, r in rows[rows["share_diverged"] > 0].iterrows():
+            out.append(_row("divergence", "training", config_label(r),
+                            "all_diverged" if r["n_ok"] == 0 else "some_diverged",
+                            {"row": _key(r, [*TRAIN_KEY, "n_diverged"])}, dataset=dataset,
+                            device=device, value=r["share_diverged"], unit="fraction"))
+        for axis in HOMEWORK_AXES:
+            out += _axis_findings(rows, base, axis, dataset, device, curves, chance,
+                                  chance_margin, stall_share)
+        out += _grad_findings(grads, dataset, device, base)
+    return out
+
+
+def _axis_findings(rows, base, axis, dataset, device, curves, chance, chance_margin,
+                   stall_share) -> list[dict]:
+    sel = axis_rows(rows, base, axis)
+    if len(sel) < 2:
+        return []
+    out = []
+    ok = sel[sel["status"] == "ok"]
+    others = ok[~np.isclose(ok[axis].astype(float), float(base[axis]))]
+    evidence = {"axis": axis, "values": sorted(sel[axis].astype(float)),
+                "ok_values": sorted(ok[axis].astype(float))}
+    if base["status"] != "ok" or others.empty:
+        return [_row("axis_effect", "training", f"{axis}: no ok setting to compare",
+                     "too_few_ok", evidence, dataset=dataset, device=device)]
+    # The setting farthest from the lesson's along this axis (usually the largest).
+    top = others.loc[(others[axis].astype(float) - float(base[axis])).abs().idxmax()]
+    subject = f"{axis} {float(top[axis]):g} vs baseline {float(base[axis]):g}"
+    for metric in ("loss", "test_acc"):
+        out.append(_compare("axis_effect", dataset, device, base, top, subject, metric,
+                            evidence))
+    if math.isfinite(chance):
+        near = abs(top["test_acc_mean"] - chance) < chance_margin
+        out.append(_row("at_chance", "training", f"{axis} {float(top[axis]):g}",
+                        "at_chance" if near else "above_chance",
+                        {"axis": axis, "row": _key(top, TRAIN_KEY), "margin": chance_margin,
+                         "n_classes": round(1 / chance)},
+                        dataset=dataset, device=device, value=top["test_acc_mean"],
+                        reference_value=chance, unit="fraction"))
+    start = _initial_loss(curves, dataset, top)
+    if _finite(start, top["loss_mean"]):
+        out.append(_row("stalled", "training", f"{axis} {float(top[axis]):g}",
+                        "rose" if top["loss_mean"] > start else
+                        "stalled" if top["loss_mean"] > stall_share * start else "learned",
+                        {"axis": axis, "row": _key(top, TRAIN_KEY), "share": stall_share},
+                        dataset=dataset, device=device, value=top["loss_mean"],
+                        reference_value=start, unit="nats"))
+    best = rank_configurations(sel)
+    if len(best):
+        b = best.iloc[0]
+        out.append(_row("axis_best", "training", f"{axis} {float(b[axis]):g}",
+                        "baseline" if b["variant"] == "baseline" else "variant",
+                        {"axis": axis, "row": _key(b, TRAIN_KEY),
+                         "compared": float(top[axis])},
+                        dataset=dataset, device=device, value=b["test_acc_mean"],
+                        unit="fraction"))
+    out.append(_seed_spread(dataset, device, top, f"{axis} {float(top[axis]):g}"))
+    return out
+
+
+def _grad_findings(grads, dataset, device, base) -> list[dict]:
+    if grads is None or grads.empty:
+        return []
+    g = grads[(grads["dataset"] == dataset) & (grads["device"] == device)
+              & (grads["stage"] == "init") & np.isclose(grads["width"], base["width"])
+              & np.isclose(grads["lr"], base["lr"])]
+    out = []
+    for depth, d in g.groupby("depth", sort=True):
+        d = d.set_index("layer")["grad_norm_mean"]
+        if 0 not in d.index or depth not in d.index:
+            continue
+        ratio = d.loc[0] / d.loc[depth]
+        out.append(_row("grad_ratio", "training", f"depth {int(depth)}",
+                        "first_smaller" if ratio < 1 else "first_larger",
+                        {"depth": int(depth), "first_layer": d.loc[0], "output_layer": d.loc[depth],
+                         "width": base["width"], "lr": base["lr"]},
+                        dataset=dataset, device=device, value=ratio, reference_value=1.0,
+                        unit="ratio"))
+    return out
+
+
+def epoch_time_findings(times: pd.DataFrame) -> list[dict]:
+    out = []
+    ok = times[times["status"] == "ok"]
+    ens = ok[ok["method"] == "ensemble"]
+    cuda = ens[ens["device"] == "cuda"]
+    if len(cuda):
+        ratio = cuda["speedup_vs_cpu"].median()
+        verdict = ("not_comparable" if not math.isfinite(ratio) else
+                   "gpu_faster" if ratio >= 1 else "gpu_slower")
+        out.append(_row("cuda_vs_cpu_epoch", "training", "ensemble epoch, CUDA vs CPU", verdict,
+                        {"n_shapes": len(cuda)}, device="cuda", value=ratio,
+                        reference_value=1.0, unit="ratio"))
+    if len(ens):
+        out.append(_row("member_epoch_range", "training", "ensemble time per member-epoch",
+                        "measured", {"n_rows": len(ens),
+                                     "max_members": int(ens["n_members"].max())},
+                        value=ens["time_per_member_epoch_s"].min(),
+                        reference_value=ens["time_per_member_epoch_s"].max(), unit="s"))
+    loop = ok[ok["method"] == "loop"]
+    if len(ens) and len(loop):
+        keys = ["dataset", "device", "width", "depth"]
+        pair = ens.merge(loop, on=keys, suffixes=("_ens", "_loop"))
+        if len(pair):
+            gain = (pair["time_per_member_epoch_s_loop"]
+                    / pair["time_per_member_epoch_s_ens"]).median()
+            out.append(_row("ensemble_gain", "training", "ensemble vs the lesson's loop",
+                            "ensemble_faster" if gain >= 1 else "ensemble_slower",
+                            {"n_pairs": len(pair), "max_members": int(ens["n_members"].max())},
+                            value=gain, reference_value=1.0, unit="ratio"))
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def findings_table(tables: Mapping[str, pd.DataFrame], *,
+                   twin_tolerance: float = TWIN_TOLERANCE,
+                   non_monotonic_factor: float = NON_MONOTONIC_FACTOR,
+                   chance_margin: float = CHANCE_MARGIN,
+                   stall_share: float = STALL_SHARE) -> pd.DataFrame:
+    """Every conclusion the report states, one row each (columns: ``FINDINGS_COLUMNS``).
+
+    ``tables`` maps table names of ``mlpbench.tables.TABLE_NAMES`` to DataFrames; uses
+    matmul, lesson_reference, train_summary, loss_curves, grad_norms, epoch_time and
+    data_points, and skips the findings of any that is absent. Raises ``KeyError`` naming a
+    column a present table lacks.
+    """
+    rows: list[dict] = cuda_status(tables)
+    if "matmul" in tables:
+        rows += matmul_findings(tables["matmul"], tables.get("lesson_reference", pd.DataFrame(
+            columns=["backend", "device"])), twin_tolerance=twin_tolerance,
+            non_monotonic_factor=non_monotonic_factor)
+    if "train_summary" in tables:
+        rows += training_findings(tables["train_summary"], tables.get("loss_curves"),
+                                  tables.get("data_points"), tables.get("grad_norms"),
+                                  chance_margin=chance_margin, stall_share=stall_share)
+    if "epoch_time" in tables:
+        rows += epoch_time_findings(tables["epoch_time"])
+    df = pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
+    for col in ("value", "reference_value"):
+        df[col] = df[col].astype("float64")
+    for col in set(FINDINGS_COLUMNS) - {"value", "reference_value"}:
+        df[col] = df[col].astype("string")
+    return df.reset_index(drop=True)

@@ -1,0 +1,654 @@
+"""The report's sentences and tables, written from the findings (``mlpbench.findings``) and
+the summary tables (``mlpbench.tables``).
+
+``Story(tables)`` takes the tables by name, ``findings`` included, and has one method per
+passage of the report; each returns Markdown text (or a DataFrame to show as a table). It
+states what the findings decided and never judges a number itself: every "faster",
+"within seed luck" or "at chance" comes from a finding's verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from mlpbench.findings import axis_rows
+from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, DATASET_INTROS, VERDICT_WORDS,
+                              axis_span, axis_value, blas_text, ci_text, dataset_order,
+                              dataset_title, device_name, fmt_time, network, num, pct, plural,
+                              series_label, times, why)
+from mlpbench.tables import epoch_time_by_shape
+
+
+class Story:
+    """The run told from its tables; ``tables["findings"]`` is ``findings_table``'s output."""
+
+    def __init__(self, tables: Mapping[str, pd.DataFrame]):
+        missing = [n for n in ("findings", "matmul", "lesson_reference", "train_summary",
+                               "epoch_time", "data_points", "machine") if n not in tables]
+        if missing:
+            raise KeyError(f"tables missing for the report: {', '.join(missing)}")
+        self.t = tables
+        self.findings = tables["findings"]
+        self.mm, self.lesson = tables["matmul"], tables["lesson_reference"]
+        self.summary, self.times = tables["train_summary"], tables["epoch_time"]
+        self.machines = [{"machine_id": i, **json.loads(r)} for i, r in
+                         zip(tables["machine"]["machine_id"], tables["machine"]["record_json"])]
+        self.machine = self.machines[0] if self.machines else {}
+        self.gpu = self.machine.get("gpu") or {}
+        self.datasets = dataset_order(self.summary["dataset"].dropna())
+        self.first = self.datasets[0] if self.datasets else None
+        self.cuda_mm = self.cuda_reason("matmul")
+
+    # ------------------------------------------------------------------ looking up findings
+
+    def find(self, finding: str, **where: Any) -> list[dict]:
+        """The findings of one rule (optionally filtered by column), evidence parsed as "ev"."""
+        rows = self.findings[self.findings["finding"] == finding]
+        for column, value in where.items():
+            rows = rows[(rows[column] == value).fillna(False)]
+        return [{**r, "ev": json.loads(r["evidence"])} for r in rows.to_dict("records")]
+
+    def one(self, finding: str, **where: Any) -> dict | None:
+        rows = self.find(finding, **where)
+        return rows[0] if rows else None
+
+    def cuda_reason(self, stage: str) -> str | None:
+        """Why CUDA gave this stage nothing, or None when it produced results."""
+        f = self.one("cuda_status", subject=stage)
+        return None if f is None or f["verdict"] == "available" else f["ev"]["reason"]
+
+    def trained(self, dataset: str | None) -> bool:
+        """Did the lesson's network train on ``dataset`` (some seed without diverging)?"""
+        f = self.one("training_result", dataset=dataset) if dataset else None
+        return f is not None and f["verdict"] == "ok"
+
+    def untrained(self, dataset: str | None) -> str:
+        """Why the lesson's network has no result on ``dataset``, as a sentence."""
+        f = self.one("training_result", dataset=dataset) if dataset else None
+        if f is not None and f["verdict"] == "diverged":
+            return (f"Every seed of the lesson's network diverged on {dataset} "
+                    f"({f['ev']['row']['n_seeds']} seeds), so there is no result to show.")
+        return f"The {dataset or 'first'} data set was not trained in this run."
+
+    def rows_of(self, dataset: str) -> pd.DataFrame:
+        """train_summary rows of ``dataset`` on the device its findings are about."""
+        device = self.one("training_result", dataset=dataset)["device"]
+        s = self.summary
+        return s[(s["dataset"] == dataset) & (s["device"] == device)]
+
+    def base_row(self, dataset: str) -> pd.Series:
+        return self.rows_of(dataset).query("variant == 'baseline'").iloc[0]
+
+    def label(self, dataset: str, row: Any) -> str:
+        """The network's settings, with its learning rate where the run tried several."""
+        lrs = self.summary.loc[self.summary["dataset"] == dataset, "lr"].nunique()
+        return network(row, with_lr=lrs > 1)
+
+    def axes_varied(self, dataset: str) -> list[str]:
+        rows, base = self.rows_of(dataset), self.base_row(dataset)
+        return [a for a in AXIS_ORDER if len(axis_rows(rows, base, a)) > 1]
+
+    # ------------------------------------------------------------------ formatting pieces
+
+    @staticmethod
+    def ci(row: Any, metric: str) -> str:
+        return ci_text(row[f"{metric}_mean"], row[f"{metric}_ci95_low"],
+                       row[f"{metric}_ci95_high"], metric != "loss")
+
+    @staticmethod
+    def seed_range(f: dict) -> str:
+        lo, hi = f["value"], f["reference_value"]
+        if f["verdict"] == "seed_independent":
+            return f"every seed scored {pct(lo, 0)} on the test points"
+        return (f"single seeds ranged from {pct(lo, 0)} to {pct(hi, 0)} on the test points "
+                f"(a spread of {(hi - lo) * 100:.0f} percentage points)")
+
+    def summary_table(self, rows: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+        """One row per configuration; the lesson's own network is marked "(lesson)"; a
+        configuration at which every seed diverged shows "diverged" in place of its means."""
+        lesson = (rows["variant"] == "baseline").to_numpy()
+        lost = (rows["status"] == "diverged").to_numpy()
+        cells = {a: [f"{v:g}" + (" (lesson)" if mark and i == 0 else "")
+                     for v, mark in zip(rows[a], lesson)] for i, a in enumerate(labels)}
+
+        def unless_lost(values, instead="—"):
+            return [instead if x else v for v, x in zip(values, lost)]
+
+        return pd.DataFrame({
+            **cells, "seeds": rows["n_seeds"].to_numpy(),
+            "diverged": rows["share_diverged"].map(lambda v: pct(v, 0)).to_numpy(),
+            "final training loss (cross-entropy), mean ± std": unless_lost(
+                [f"{num(m)} ± {num(s, 2)}" for m, s in zip(rows["loss_mean"], rows["loss_std"])],
+                "every seed diverged"),
+            "train acc, mean": unless_lost(rows["train_acc_mean"].map(pct)),
+            "test acc, mean (95% CI)": unless_lost([self.ci(r, "test_acc")
+                                                    for _, r in rows.iterrows()]),
+            "test acc, worst–best seed": unless_lost(
+                [f"{pct(lo, 0)}–{pct(hi, 0)}" for lo, hi in zip(rows["test_acc_min"],
+                                                                rows["test_acc_max"])]),
+        })
+
+    # ------------------------------------------------------------------ passages
+
+    def machine_line(self) -> str:
+        m, gpu = self.machine, self.gpu
+        return (f"**Run:** `{m.get('machine_id', 'unknown')}`. **Machine:** "
+                f"{m.get('host', 'unknown')}, {m.get('cpu_model', 'unknown CPU')} "
+                f"({m.get('physical_cores', '?')} physical / {m.get('logical_cores', '?')} "
+                f"logical cores). **GPU:** "
+                + (f"{gpu.get('name')} ({gpu.get('memory_gib')} GiB)." if gpu.get("available")
+                   else f"none usable — {gpu.get('reason') or 'CUDA unavailable'}.")
+                + f" **Results recorded:** {m.get('created_utc', 'unknown time')}.")
+
+    def glance(self) -> str:
+        bullets = []
+        fast = self.one("lesson_fastest")
+        if fast:
+            r = fast["ev"]["fastest"]
+            bullets.append(
+                f"The lesson's product x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']}) was fastest "
+                f"with {series_label(r['backend'], r['device'], r['dtype'])}: "
+                f"{fmt_time(fast['value'])}, {times(fast['ev']['speedup_vs_numpy_float64'])} the "
+                f"speed of the lesson's baseline (NumPy float64, "
+                f"{fmt_time(fast['reference_value'])} here).")
+        bullets.append("CUDA: " + (f"unavailable in this run, because {why(self.cuda_mm)}. Every "
+                                   "GPU question below is left open rather than guessed."
+                                   if self.cuda_mm else
+                                   "available; GPU timings are CUDA-synchronised."))
+        for name in self.datasets:
+            if not self.trained(name):
+                result = self.one("training_result", dataset=name) or {}
+                bullets.append(f"{name}: " + ("every seed of the lesson's network diverged."
+                                              if result.get("verdict") == "diverged" else
+                                              "no training results in this run."))
+                continue
+            base, best = self.base_row(name), self.one("best_variant", dataset=name)
+            bullets.append(
+                f"{name}: the lesson's network ({self.label(name, base)}) reached "
+                f"{self.ci(base, 'test_acc')} mean test accuracy over "
+                f"{plural(base['n_ok'], 'seed')}"
+                + (f"; the best variant ({self.label(name, best['ev']['row'])}) reached "
+                   f"{pct(best['value'])}." if best["verdict"] != "none_trained" else
+                   "; no other configuration trained without diverging."))
+        return "\n".join(f"- {b}" for b in bullets)
+
+    def lesson_table(self) -> pd.DataFrame:
+        mm, lesson = self.mm, self.lesson
+        ours = mm[(mm["case"] == "lesson") & (mm["kind"] == "matmul")]
+        ours = ours.sort_values(["device", "backend", "dtype"])
+        numpy = lesson.query("backend == 'numpy'")["time_s"].iloc[0]
+        rows = [{"source": "lesson", "what": series_label(r["backend"], r["device"], r["dtype"]),
+                 "time": fmt_time(r["time_s"]), "GB/s": num(r["gb_s"]),
+                 "GFLOP/s": num(r["gflop_s"]),
+                 "speed vs NumPy float64 (same source)": times(numpy / r["time_s"]),
+                 "timing": f"{r['timer']}, {r['sync']}"} for _, r in lesson.iterrows()]
+        rows += [{"source": "this run", "what": series_label(r["backend"], r["device"],
+                                                             r["dtype"]),
+                  "time": fmt_time(r["time_s_median"]) if r["status"] == "ok" else r["status"],
+                  "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
+                  "speed vs NumPy float64 (same source)": times(r["speedup_vs_numpy_float64"]),
+                  "timing": (f"median of {plural(r['n_runs'], 'block')} of "
+                             f"{plural(r['number_per_run'], 'call')}, "
+                             f"{plural(r['threads'], 'thread')}"
+                             + (", synchronised" if r["device"] == "cuda" else "")
+                             if r["status"] == "ok" else r["reason"])}
+                 for _, r in ours.iterrows()]
+        return pd.DataFrame(rows)
+
+    def lesson_shape_note(self) -> str:
+        shape = self.one("lesson_case_shape")
+        if not shape or shape["verdict"] != "differs":
+            return ""
+        a, b = shape["ev"]["run"], shape["ev"]["lesson"]
+        return (f"Note: this run's configuration timed x({a['m']}×{a['k']}) @ y({a['k']}×"
+                f"{a['n']}) as its lesson case, not the lesson's x({b['m']}×{b['k']}) @ "
+                f"y({b['k']}×{b['n']}), so its times are not directly comparable with the "
+                f"lesson's.")
+
+    def gpu_answer(self) -> str:
+        lesson_cuda = self.lesson.query("device == 'cuda'").iloc[0]
+        gpu, copy = self.one("gpu_vs_cpu"), self.one("transfer_cost")
+        intensity = self.one("lesson_intensity")
+        text = []
+        if self.cuda_mm or gpu is None:
+            text.append(
+                f"**CUDA was unavailable in this run:** {why(self.cuda_mm or 'no CUDA timing')}. "
+                f"This run therefore cannot say whether the GPU is faster; the CPU results below "
+                f"stand on their own. The lesson's {fmt_time(lesson_cuda['time_s'])} would mean "
+                f"the GPU streamed the operands at {num(lesson_cuda['gb_s'])} GB/s, but it was "
+                f"timed without synchronisation, so it may measure how fast kernels are queued "
+                f"rather than how fast they finish.")
+        else:
+            ratio = gpu["ev"]["cpu_over_cuda"]
+            text.append(
+                f"With the clock synchronised, the product takes {fmt_time(gpu['value'])} on the "
+                f"GPU ({self.gpu.get('name', 'GPU')}) against {fmt_time(gpu['reference_value'])}"
+                f" for torch on the CPU, both float32: the GPU is "
+                + (f"{times(ratio)} faster. " if gpu["verdict"] == "gpu_faster" else
+                   f"slower, taking {times(1 / ratio)} the CPU's time. ")
+                + f"The lesson reported {fmt_time(lesson_cuda['time_s'])} without "
+                  f"synchronisation.")
+            if copy:
+                text.append(
+                    f"But y first has to reach the GPU: copying it took "
+                    f"{fmt_time(copy['value'])}, {times(copy['ev']['copy_over_product'])} the "
+                    f"product itself. For a single product the GPU pays off only when the data "
+                    f"already live there.")
+        if intensity:
+            bw = self.find("copy_bandwidth")
+            text.append(
+                f"Why: with one row in x, each element of y is read once and used for one "
+                f"multiply-add, about {num(intensity['value'], 2)} FLOP per byte moved in "
+                f"float32. "
+                + ("Such a product is limited by memory bandwidth, not by arithmetic, so a "
+                   "device is faster roughly in proportion to the bandwidth it can stream."
+                   if intensity["verdict"] == "memory_bound" else
+                   "That is enough arithmetic per byte for the processor's compute, not only "
+                   "its memory, to set the pace.")
+                + (" This run's copy benchmark measured " + ", ".join(
+                    f"{num(f['value'])} GB/s on {device_name(f['device'])}" for f in bw) + "."
+                   if bw else ""))
+        return "\n\n".join(text)
+
+    def numpy_answer(self) -> str:
+        gap, split = self.one("lesson_numpy_gap"), self.one("dtype_vs_library")
+        gpu = self.one("gpu_vs_cpu")
+        text = [
+            f"In the lesson NumPy took {times(gap['value'])} as long as torch on the CPU. The "
+            f"two calls did not do the same work: `torch.rand` makes float32 tensors while "
+            f"`np.random.random` makes float64 arrays, so NumPy had twice as many bytes to read."
+            f" Dividing bytes by time, the lesson's NumPy streamed "
+            f"{num(gap['ev']['numpy']['gb_s'])} GB/s and its torch "
+            f"{num(gap['ev']['torch']['gb_s'])} GB/s: about the same memory speed, twice the "
+            f"bytes."]
+        if split and split["verdict"] != "incomplete":
+            e = split["ev"]
+            text.append(
+                f"In this run, NumPy float64 took {times(e['numpy64_over_torch32'])} the time of "
+                f"torch float32. Holding the library fixed, float64 cost NumPy "
+                f"{times(e['dtype_numpy64_over_numpy32'])} its float32 time; holding the dtype "
+                f"fixed, NumPy took {times(e['library_float32'])} torch's time in float32 and "
+                f"{times(e['library_float64'])} in float64. "
+                + ("So the dtype, not the library, explains most of the gap."
+                   if split["verdict"] == "dtype" else "Here the difference between the "
+                   "libraries is at least as large as the dtype's."))
+            twins = self.find("twin_timing", verdict="disagree")
+            doubts = [f"{series_label(*f['subject'].split())} took {fmt_time(f['value'])} here "
+                      f"(interquartile range {pct(f['ev']['iqr_share'], 0)} of the median) but "
+                      f"{fmt_time(f['reference_value'])} in the matrix-vector series"
+                      for f in twins]
+            if doubts:
+                text.append(
+                    "Caution: the same product was timed twice in this run, and the two timings "
+                    f"disagree by more than {pct(twins[0]['ev']['tolerance'], 0)}: "
+                    + "; ".join(doubts) + ". The ratios above are only as certain as these "
+                    "timings, so treat the split between dtype and library as rough.")
+        text.append(
+            "The lesson's CUDA number has a second catch: CUDA kernels run asynchronously and "
+            "`%timeit` does not wait for them, so it can time the launch rather than the "
+            "product. This run synchronises before reading the clock"
+            + (f"; its float32 GPU time is {fmt_time(gpu['value'])}." if gpu else
+               ", but had no GPU to time."))
+        return "\n\n".join(text)
+
+    def size_answer(self) -> str:
+        text = []
+        share, cache = self.one("lesson_bandwidth_share"), self.one("gemv_cache")
+        square = self.one("best_square")
+        if share:
+            r = share["ev"]["row"]
+            text.append(
+                f"On the lesson's product ({num(r['bytes'] / 2**20)} MiB of operands), the best "
+                f"backend by bandwidth share ({series_label(r['backend'], r['device'], r['dtype'])}"
+                f") moved {num(r['gb_s'])} GB/s, {pct(share['value'], 0)} of the copy bandwidth "
+                "measured on the same device: " + {
+                    "above_copy_bandwidth": "more than the copy benchmark reached. The timer "
+                    "repeats the same product, so a processor with caches of this size serves "
+                    "much of the matrix from cache rather than memory (or the copy benchmark "
+                    "streams less than a matrix product with all threads does); either way the "
+                    "product is limited by how fast its bytes arrive, not by arithmetic.",
+                    "bandwidth_bound": "memory bandwidth is what limits it.",
+                    "below_bandwidth": "well below what the memory delivered in the copy "
+                    "benchmark, so this timing was held back by something besides bandwidth.",
+                }[share["verdict"]])
+        if cache:
+            text.append(
+                f"Smaller matrix-vector products can beat the copy bandwidth (up to "
+                f"{pct(cache['value'], 0)} at {num(cache['ev']['row']['bytes'] / 2**20)} MiB) "
+                f"because their matrix stays in the CPU caches between repetitions.")
+        if square:
+            r = square["ev"]["row"]
+            text.append(
+                f"The best square product ran at {num(square['value'])} GFLOP/s "
+                f"({series_label(r['backend'], r['device'], r['dtype'])}, n = {int(r['n'])}, "
+                f"{num(r['intensity_flop_per_byte'])} FLOP per byte), far above what the memory "
+                f"roof allows a matrix-vector product.")
+        odd = [f"{series_label(a['backend'], a['device'], a['dtype'])} took "
+               f"{fmt_time(a['time_s_median'])} for x({a['m']}×{a['k']}) @ y({a['k']}×{a['n']})"
+               f" but {fmt_time(b['time_s_median'])} for the larger x({b['m']}×{b['k']}) @ "
+               f"y({b['k']}×{b['n']})"
+               for a, b in ((f["ev"]["smaller"], f["ev"]["larger"])
+                            for f in self.find("rises_with_size", verdict="does_not_rise"))]
+        paragraphs = [" ".join(text)]
+        if odd:
+            paragraphs.append(
+                "Not every curve rises with size: " + "; ".join(odd) + ". The amount of work "
+                "does not explain such points, and this run does not say what does (the BLAS "
+                "library's threading and other activity on the machine are candidates); the "
+                "interquartile ranges in `tables/matmul.csv` show how stable each timing was.")
+        if self.cuda_mm:
+            paragraphs.append(
+                f"No CUDA points appear: CUDA was unavailable, because {why(self.cuda_mm)}.")
+        return "\n\n".join(p for p in paragraphs if p)
+
+    def copy_table(self) -> pd.DataFrame:
+        c = self.mm[self.mm["kind"] == "copy"]
+        return pd.DataFrame({"device": c["device"].map(device_name), "backend": c["backend"],
+                             "dtype": c["dtype"], "copy bandwidth (GB/s)": c["gb_s"].map(num),
+                             "status": c["status"]})
+
+    def first_network(self) -> str:
+        name = self.first
+        if not self.trained(name):
+            return self.untrained(name)
+        base = self.base_row(name)
+        spread = self.one("seed_spread", subject=f"{name}: baseline")
+        size, guess = self.one("test_set_size", dataset=name), self.one("chance_level",
+                                                                         dataset=name)
+        n_test = int(size["value"]) if size else 0
+        steps = ", ".join(pct(k / n_test, 0) for k in range(n_test)) + f" or {pct(1, 0)}"
+        return (
+            f"With {plural(base['width'], 'unit')}, {plural(base['depth'], 'hidden layer')}, "
+            f"learning rate {base['lr']:g} and {plural(base['epochs'], 'epoch')}, over "
+            f"{plural(base['n_seeds'], 'seed')} (on {device_name(base['device'])}): final "
+            f"training loss (cross-entropy) {self.ci(base, 'loss')}, mean training accuracy "
+            f"{pct(base['train_acc_mean'])}, mean test accuracy {self.ci(base, 'test_acc')}. "
+            f"Across seeds, {self.seed_range(spread)}, and {pct(base['share_diverged'], 0)} of "
+            f"the seeds diverged. "
+            + ("So how well one run does is partly a matter of its seed."
+               if spread["verdict"] == "seed_dependent" else
+               "Here the seed did not change the test result.")
+            + (f" Keep in mind how small the test set is: with {n_test} test points, one run's "
+               f"test accuracy can only be {steps}, and guessing one of "
+               f"{guess['ev']['n_classes']} classes at random scores {pct(guess['value'])} on "
+               f"average." if size and size["verdict"] == "small" else ""))
+
+    def axis_table(self, dataset: str, axis: str) -> pd.DataFrame:
+        rows = axis_rows(self.rows_of(dataset), self.base_row(dataset), axis)
+        return self.summary_table(rows, [axis])
+
+    def axis_answer(self, dataset: str, axis: str) -> str:
+        """The homework's question along one axis, answered from its findings."""
+        rows = axis_rows(self.rows_of(dataset), self.base_row(dataset), axis)
+        lost = rows[rows["status"] == "diverged"]
+        name = AXIS_NAMES.get(axis, axis)
+        lost_text = (f"Every seed diverged at {name} " + ", ".join(f"{v:g}" for v in lost[axis])
+                     + "." if len(lost) else "")
+
+        def of_axis(finding: str) -> list[dict]:
+            return [f for f in self.find(finding, dataset=dataset)
+                    if f["ev"].get("axis") == axis]
+
+        effects = {f["ev"].get("metric"): f for f in of_axis("axis_effect")}
+        if "loss" not in effects:
+            return ("Too few configurations along this axis trained without diverging to "
+                    f"compare them. {lost_text}").strip()
+        loss, acc = effects["loss"], effects["test_acc"]
+        b, top = loss["ev"]["baseline"][axis], loss["ev"]["row"][axis]
+        words = [f"From {axis_span(axis, b, top)}, the final training loss went from "
+                 f"{num(loss['reference_value'])} to {num(loss['value'])} "
+                 f"({VERDICT_WORDS[loss['verdict']]}), and the test accuracy from "
+                 f"{pct(acc['reference_value'])} to {pct(acc['value'])} "
+                 f"({VERDICT_WORDS[acc['verdict']]})."]
+        for f in of_axis("at_chance"):
+            if f["verdict"] == "at_chance":
+                words.append(f"That is chance level: guessing one of {f['ev']['n_classes']} "
+                             f"classes at random scores {pct(f['reference_value'])} on average.")
+        for f in of_axis("stalled"):
+            if f["verdict"] == "stalled":
+                r = f["ev"]["row"]
+                words.append(
+                    f"At {axis_value(axis, top)} the mean training loss only went from "
+                    f"{num(f['reference_value'])} before the first step to {num(f['value'])} "
+                    f"after {plural(r['epochs'], 'epoch')}: with learning rate {r['lr']:g} these "
+                    f"networks barely start to learn in that time.")
+            elif f["verdict"] == "rose":
+                r = f["ev"]["row"]
+                words.append(
+                    f"At {axis_value(axis, top)} the mean training loss rose, from "
+                    f"{num(f['reference_value'])} before the first step to {num(f['value'])} "
+                    f"after {plural(r['epochs'], 'epoch')}: with learning rate {r['lr']:g} the "
+                    f"steps overshoot, and training moves away from a solution.")
+        for f in of_axis("axis_best"):
+            if f["ev"]["row"][axis] != top:
+                where = ("the lesson's own setting" if f["verdict"] == "baseline"
+                         else f"{axis} {f['ev']['row'][axis]:g}")
+                words.append(f"The best mean test accuracy along this axis was at {where}: "
+                             f"{pct(f['value'])}.")
+        spread = {f["subject"]: f for f in self.find("seed_spread", dataset=dataset)}
+        words.append(
+            f"How much is seed luck? For the lesson's network alone, "
+            f"{self.seed_range(spread[f'{dataset}: baseline'])}, and "
+            f"{pct(self.base_row(dataset)['share_diverged'], 0)} of its seeds diverged; at "
+            f"{axis_value(axis, top)}, {self.seed_range(spread[f'{axis} {top:g}'])}.")
+        words.append(lost_text)
+        part = [f for f in self.find("divergence", dataset=dataset)
+                if f["ev"]["row"]["variant"] in ("baseline", axis)]
+        if part:
+            worst = max(part, key=lambda f: f["value"])
+            words.append(f"Divergence: up to {pct(worst['value'], 0)} of the seeds diverged "
+                         f"(at {name} {worst['ev']['row'][axis]:g}); the means above leave "
+                         f"them out.")
+        return " ".join(w for w in words if w)
+
+    def grad_answer(self) -> str:
+        text = []
+        for name in self.datasets:
+            ratios = self.find("grad_ratio", dataset=name)
+            if len(ratios) >= 2:
+                a, b = ratios[0], ratios[-1]
+                text.append(
+                    f"On {name} at initialisation, the first layer's gradient norm is "
+                    f"{times(a['value'])} the output layer's with "
+                    f"{plural(a['ev']['depth'], 'hidden layer')} and {times(b['value'])} with "
+                    f"{plural(b['ev']['depth'], 'hidden layer')}.")
+        if text:
+            text.append("Each extra layer multiplies another factor into the first layer's "
+                        "gradient; where those factors are below one the early layers learn "
+                        "more slowly, one reason why adding layers does not simply help.")
+        return " ".join(text) or "This run did not vary depth, so there is nothing to compare."
+
+    def dataset_passages(self, name: str) -> list[str | pd.DataFrame]:
+        """A further data set's section: heading, data, baseline vs best, every axis, table."""
+        out: list[str | pd.DataFrame] = [
+            f"### {dataset_title(name)}\n\n{DATASET_INTROS.get(name, '')}"]
+        size, guess = self.one("test_set_size", dataset=name), self.one("chance_level",
+                                                                         dataset=name)
+        if size and guess:
+            n_train, n_test = size["ev"]["n_train"], size["ev"]["n_test"]
+            n = n_train + n_test
+            out.append(f"This run's {name}: {n} points in {guess['ev']['n_classes']} classes, "
+                       f"{n_train} ({pct(n_train / n, 0)}) for training and {n_test} "
+                       f"({pct(n_test / n, 0)}) for testing; guessing a class at random would "
+                       f"score {pct(guess['value'])} on average.")
+        if not self.trained(name):
+            return [*out, self.untrained(name)]
+        base, best = self.base_row(name), self.one("best_variant", dataset=name)
+        ci95 = best["ev"].get("row_ci95", {})
+        out.append(
+            f"The lesson's network reaches {self.ci(base, 'test_acc')} mean test accuracy on "
+            f"{name} after {plural(base['epochs'], 'epoch')} (mean training accuracy "
+            f"{pct(base['train_acc_mean'])}). "
+            + (f"The best variant tried — {self.label(name, best['ev']['row'])} — reaches "
+               f"{ci_text(best['value'], ci95.get('ci95_low'), ci95.get('ci95_high'), True)}: "
+               f"{VERDICT_WORDS[best['verdict']]}." if best["verdict"] != "none_trained"
+               else "No other configuration trained without diverging."))
+        out += [f"**{AXIS_TITLES[a]}.** " + self.axis_answer(name, a)
+                for a in self.axes_varied(name)]
+        rows = self.rows_of(name)
+        labels = ["width", "depth", "epochs"] + (["lr"] if rows["lr"].nunique() > 1 else [])
+        out.append(self.summary_table(rows.sort_values(["depth", "width", "epochs", "lr"]),
+                                      labels))
+        return out
+
+    def regions_caption(self) -> str:
+        r = self.t.get("decision_regions", pd.DataFrame())
+        shown = r.drop_duplicates(["dataset", "role"]) if len(r) else r
+        order = dataset_order(shown.get("dataset", []))
+        if not order:
+            return "No decision regions in this run: no network was trained."
+        pick = [(n, row) for n in order for _, row in shown[shown["dataset"] == n].iterrows()]
+        lessons = [f"{n}: {plural(row['epochs'], 'epoch')}" for n, row in pick
+                   if row["role"] == "baseline"]
+        bests = [f"{n}: {self.label(n, row)}" for n, row in pick if row["role"] == "best"]
+        return ("Left: the lesson's network after the lesson's epoch count ("
+                + "; ".join(lessons) + "). Right: the best variant, at its own epoch count ("
+                + "; ".join(bests) + "). Each panel therefore shows the network that its row in "
+                "the tables above describes.")
+
+    def epoch_time_answer(self) -> list[str]:
+        out = []
+        cuda, gpu = self.cuda_reason("epoch_time"), self.one("cuda_vs_cpu_epoch")
+        spread, gain = self.one("member_epoch_range"), self.one("ensemble_gain")
+        if cuda:
+            out.append(f"**CUDA was unavailable for training:** {why(cuda)}. Only CPU times are "
+                       f"shown, and the table's CUDA column says so for every shape; the full "
+                       f"table (`tables/epoch_time.csv`) keeps a CUDA row per shape with this "
+                       f"reason.")
+        elif gpu and gpu["verdict"] == "not_comparable":
+            out.append("CUDA and CPU epoch times were not measured for the same shapes, so this "
+                       "run cannot compare them.")
+        elif gpu:
+            out.append(
+                f"Across the {gpu['ev']['n_shapes']} combinations of dataset and shape, the "
+                f"median CUDA epoch took {times(1 / gpu['value'])} the CPU's time for the same "
+                f"ensemble. "
+                + ("The GPU is slower here because these networks are tiny: an epoch is a "
+                   "handful of small kernels, and the fixed cost of launching each one "
+                   "outweighs the arithmetic." if gpu["verdict"] == "gpu_slower" else
+                   "The GPU is faster here: batching all seeds into one ensemble gives each "
+                   "kernel enough work to outweigh the fixed cost of launching it."))
+        if spread:
+            out.append(f"One epoch trains every seed of a shape together as one batched "
+                       f"ensemble ({plural(spread['ev']['max_members'], 'member')} at most); per "
+                       f"member, an epoch took between {fmt_time(spread['value'])} and "
+                       f"{fmt_time(spread['reference_value'])}.")
+        if gain:
+            faster = gain["verdict"] == "ensemble_faster"
+            out.append(
+                f"Against the lesson's own loop, which trains one network at a time, the "
+                f"ensemble trains each network "
+                f"{times(gain['value'] if faster else 1 / gain['value'])} "
+                f"{'faster' if faster else 'slower'} per epoch (median over the "
+                f"{gain['ev']['n_pairs']} combinations of dataset, device and shape timed both "
+                f"ways)" + (f": that is what makes {plural(gain['ev']['max_members'], 'seed')} "
+                            f"per configuration affordable." if faster else "."))
+        return out
+
+    def epoch_time_table(self) -> pd.DataFrame:
+        by_shape = epoch_time_by_shape(self.times)
+        heads = {"ensemble_time_per_epoch_s": "ensemble, per epoch",
+                 "ensemble_time_per_member_epoch_s": "ensemble, per member-epoch",
+                 "loop_time_per_epoch_s": "lesson loop, per epoch"}
+        columns = {"dataset": by_shape["dataset"], "width": by_shape["width"],
+                   "depth": by_shape["depth"], "members": by_shape["n_members"]}
+        for device in [c.removesuffix("_status") for c in by_shape if c.endswith("_status")]:
+            status = by_shape[f"{device}_status"].fillna("not run")
+            if device != "cpu" and not (status == "ok").any():
+                columns[device_name(device)] = status  # one column saying so; reason in prose
+                continue
+            for col, head in heads.items():
+                columns[f"{device_name(device)} {head}"] = [
+                    fmt_time(t) if s == "ok" else s
+                    for t, s in zip(by_shape[f"{device}_{col}"], status)]
+        return pd.DataFrame(columns)
+
+    # ------------------------------------------------------------------ method, environment
+
+    def threads(self, stage: str) -> str:
+        """'2 threads', '1 or 2 threads', 'no recorded thread count' for matmul or training."""
+        df = self.mm[self.mm["device"] == "cpu"] if stage == "matmul" else self.times
+        values = sorted(int(v) for v in set(df.loc[df["status"] == "ok", "threads"]))
+        if not values:
+            return "no recorded thread count"
+        return (" or ".join(str(v) for v in values[:-1]) + (" or " if len(values) > 1 else "")
+                + plural(values[-1], "thread"))
+
+    def method_items(self) -> str:
+        mm = self.mm
+        # The stage writes "timer; stmt `...`; detail; detail" per row: list each part once.
+        parts = [m.split("; ") for m in mm.loc[mm["status"] == "ok", "method"].dropna().unique()]
+        timers = list(dict.fromkeys(p[0] for p in parts))
+        stmts = list(dict.fromkeys(x.removeprefix("stmt ") for p in parts for x in p[1:]
+                                   if x.startswith("stmt ")))
+        details = list(dict.fromkeys(x for p in parts for x in p[1:]
+                                     if not x.startswith("stmt ")))
+        blocks = self.one("matmul_blocks")
+        items = [
+            "**Timer.** " + (", ".join(f"`{t}`" for t in timers) or "no successful timings")
+            + (" for every backend, timing " + ", ".join(
+                s if s.startswith("`") else f"`{s}`" for s in stmts) if stmts else "")
+            + ("; " + "; ".join(details) if details else "")
+            + (". The timer calls a product in blocks of many calls, long enough that reading "
+               "the clock (and, on CUDA, synchronising) costs nothing next to them, and repeats "
+               "blocks until the minimum run time is reached; each time is the median over "
+               "blocks of the time per call ("
+               + (plural(blocks["value"], "block")
+                  if blocks["value"] == blocks["reference_value"] else
+                  f"between {int(blocks['value'])} and {int(blocks['reference_value'])} blocks")
+               + " per product, after warm-up). With few blocks the interquartile range, kept "
+               "in the tables, says little: raise `matmul.min_run_time_s` for a tighter spread."
+               if blocks else "."),
+            "**CUDA synchronisation.** GPU timings wait for the device before the clock is "
+            "read, so they time the finished work; the lesson's `%timeit` did not.",
+            f"**Threads.** Matrix products on the CPU were timed with {self.threads('matmul')} "
+            f"for both torch and NumPy's BLAS; training was timed with "
+            f"{self.threads('training')}.",
+            "**Dtypes.** Matrix products in " + " and ".join(sorted(mm["dtype"].dropna().unique()))
+            + "; training in float32, as in the lesson.",
+            "**Seeds.** " + ", ".join(
+                f"{n}: {plural(self.one('seeds', dataset=n)['value'], 'seed')} per configuration"
+                for n in self.datasets)
+            + ". Each seed initialises the network exactly as `torch.manual_seed(seed)` "
+            "followed by the lesson's layers would; all seeds of a shape train together as one "
+            "batched ensemble, and shorter epoch counts are checkpoints of the longest run.",
+            "**Statistics.** Means are over the seeds that did not diverge (a non-finite loss "
+            "counts as diverged and is reported as a share). Intervals are Student-t 95% "
+            "intervals of the mean over seeds (accuracy intervals shown clipped to 0–100%); "
+            "bands in the loss figures run from the best to the worst seed. Each judgement, "
+            "with the rule it applied and its evidence, is a row of `tables/findings.csv`.",
+            "**No overlapping timings.** The workflow runs every job that measures time alone, "
+            "so no benchmark shares the cores with another job.",
+        ]
+        return "\n".join(f"- {i}" for i in items)
+
+    def environment_tables(self) -> list[pd.DataFrame]:
+        timing = (f"matrix products: {self.threads('matmul')} (torch and NumPy's BLAS, set for "
+                  f"every timing); training: {self.threads('training')}")
+        out = []
+        for m in self.machines:
+            gpu, blas, versions = m.get("gpu") or {}, m.get("blas") or {}, m.get("versions") or {}
+            rows = [
+                ("run (machine_id)", m.get("machine_id")),
+                ("host", m.get("host")),
+                ("CPU", m.get("cpu_model")),
+                ("cores (physical / logical)",
+                 f"{m.get('physical_cores')} / {m.get('logical_cores')}"),
+                ("NumPy BLAS", blas_text(blas.get("numpy"), "numpy")),
+                ("torch BLAS", blas_text(blas.get("torch"), "torch")),
+                ("threads used for timings", timing),
+                ("GPU", f"{gpu.get('name')}, {gpu.get('memory_gib')} GiB, driver "
+                        f"{gpu.get('driver')}, CUDA {gpu.get('cuda_version')}"
+                 if gpu.get("available") else f"none: {gpu.get('reason') or 'CUDA unavailable'}"),
+                ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+                ("git commit", (m.get("git_commit") or "unknown")
+                 + (" (with uncommitted changes)" if m.get("git_dirty") else "")),
+                ("config hash", m.get("config_hash")),
+                ("recorded (UTC)", m.get("created_utc")),
+            ]
+            out.append(pd.DataFrame(rows, columns=["item", "value"]).astype(str))
+        return out

@@ -1,0 +1,63 @@
+"""The report's sentences state the findings: a new axis or data set appears without edits."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mlpbench.findings import findings_table
+from mlpbench.narrative import Story
+from test_findings import LESSON_REF, lesson_cpu, summary_row
+
+
+def story(summary_rows: list[dict]) -> Story:
+    tables = {"matmul": pd.DataFrame(lesson_cpu()), "lesson_reference": LESSON_REF,
+              "train_summary": pd.DataFrame(summary_rows),
+              "epoch_time": pd.DataFrame(columns=["dataset", "device", "width", "depth",
+                                                  "method", "status", "threads"]),
+              "data_points": pd.DataFrame(columns=["dataset", "split", "label"]),
+              "machine": pd.DataFrame({"machine_id": ["laptop"],
+                                       "record_json": [json.dumps({"host": "h"})]})}
+    return Story({**tables, "findings": findings_table(tables)})
+
+
+LR_SWEEP = [summary_row(lr=0.001), summary_row(lr=10, variant="lr", acc=(0.6, 0.55, 0.65)),
+            summary_row(lr=100, variant="lr", n_ok=0), summary_row(lr=10000, variant="lr", n_ok=0)]
+
+
+def test_a_learning_rate_sweep_and_its_diverged_settings_are_told():
+    s = story(LR_SWEEP)
+    assert s.axes_varied("toy") == ["lr"]
+    text = s.axis_answer("toy", "lr")
+    assert text.startswith("From learning rate 0.001 to 10,")
+    assert "Every seed diverged at learning rate 100, 10000." in text
+    table = s.axis_table("toy", "lr")
+    assert list(table["lr"]) == ["0.001 (lesson)", "10", "100", "10000"]
+    lost = table[table["lr"].isin(["100", "10000"])]
+    assert set(lost["final training loss (cross-entropy), mean ± std"]) == {"every seed diverged"}
+    assert set(lost["diverged"]) == {"100%"}
+
+
+def test_a_new_dataset_gets_its_own_section():
+    s = story([summary_row(), summary_row(dataset="moons"),
+               summary_row(dataset="moons", width=8, variant="width", acc=(0.9, 0.85, 0.95))])
+    assert s.datasets == ["toy", "moons"]
+    parts = s.dataset_passages("moons")
+    assert parts[0].startswith("### Moons")
+    assert any(isinstance(p, str) and p.startswith("**More units.** From 4 to 8 units") and
+               "a real improvement" in p for p in parts)
+    assert "moons: the lesson's network" in s.glance()
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([summary_row(n_ok=0)], "every seed of the lesson's network diverged"),
+    ([summary_row(device="cuda", n_seeds=0, status="unavailable")], "no training results"),
+])
+def test_a_dataset_without_a_result_says_why(rows, expected):
+    assert f"toy: {expected}" in story(rows).glance()
+
+
+def test_the_run_is_named():
+    assert story(LR_SWEEP).machine_line().startswith("**Run:** `laptop`.")
