@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, NamedTuple
 
-from .data import BLOBS_DEFAULTS, DATASETS
+from . import data as datasets
+from .data import BLOBS_DEFAULTS
 
 DEVICES = ("cpu", "cuda")
 MODES = ("sweep", "grid")
@@ -145,8 +146,8 @@ def _validate_data(path: str, data: Any) -> None:
 
 def validate_dataset_cfg(name: Any, cfg: Any) -> None:
     """Raise ``ValueError`` naming the key, the bad value and what is allowed; else return None."""
-    if name not in DATASETS:
-        raise ValueError(f"train.datasets: got dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if name not in datasets.names():
+        raise ValueError(f"train.datasets: got dataset {name!r}; allowed: {', '.join(datasets.names())}")
     path = _prefix(name)
     if not isinstance(cfg, Mapping):
         raise ValueError(f"{path}: got {cfg!r}; allowed: a mapping with keys {', '.join(DATASET_KEYS)}")
@@ -182,9 +183,10 @@ def validate_dataset_cfg(name: Any, cfg: Any) -> None:
     if batch_size is not None:
         _check_int(f"{path}.batch_size", batch_size, 1)
     if "data" in cfg:
-        if name != "blobs":
-            raise ValueError(f"{path}.data: got {cfg['data']!r}; allowed: only for blobs (toy is fixed)")
-        if cfg["data"] is not None:
+        if not datasets.get(name).parameters:
+            raise ValueError(f"{path}.data: got {cfg['data']!r}; allowed: only for data sets with "
+                             f"parameters ({name} is fixed)")
+        if cfg["data"] is not None and name == "blobs":  # others: checked by the config schema
             _validate_data(f"{path}.data", cfg["data"])
 
 
