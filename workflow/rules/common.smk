@@ -7,6 +7,7 @@ from snakemake.cli import parse_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, update_config
 
+from mlpbench.checks import check_config
 from mlpbench.config import (
     ConfigError,
     command_line_value,
@@ -53,12 +54,19 @@ update_config(config, command_line)
 
 # Validate (and fill defaults) before any job is scheduled; turn the schema error into one
 # sentence naming the key, the value and what is allowed. The schema gets the registered data
-# sets (their names and `data:` blocks) from mlpbench.data.
+# sets (their names and `data:` blocks) from mlpbench.data. Then check, in the same style, what
+# the schema cannot say (finite numbers, cross-field rules, sizes that fit in memory); this also
+# reads integer-valued numbers where integers are meant as integers. Nothing after this point
+# checks the config again.
 SCHEMA_DOC = config_schema(yaml.safe_load(SCHEMA.read_text()))
 try:
     validate_config(config, SCHEMA_DOC)
 except ValidationError as err:
     raise WorkflowError(explain(err, SCHEMA_DOC)) from None
+try:
+    check_config(config, SCHEMA_DOC)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 CONFIG_HASH = config_hash(config)
 MACHINE_ID = machine_id(config["machine_id"])
