@@ -1,7 +1,8 @@
 """What the config schema cannot say, checked once, before any job runs.
 
 ``workflow/rules/common.smk`` validates the config against ``workflow/schemas/config.schema.yaml``
-(which fills in the defaults) and then calls :func:`check_config`, so that a config is refused
+with the registered data sets filled in (:func:`mlpbench.data.config_schema`; the validation
+fills in the defaults) and then calls :func:`check_config`, so that a config is refused
 before Snakemake schedules anything and an existing ``results/`` is never touched by it. The
 library trusts what passes: it receives ``int`` where the schema says integer, finite ``float``
 where it says number, and does not check again.
@@ -63,7 +64,7 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], *,
     """Check what the schema cannot, and normalise the types in place; raise ``ConfigError``.
 
     ``config`` must already have passed the schema (with its defaults filled in), as
-    ``snakemake.utils.validate`` leaves it; ``schema`` is the parsed schema document.
+    :func:`mlpbench.config.validate_config` leaves it; ``schema`` is that schema document.
     ``memory_bytes`` is the memory every job is measured against; by default this machine's
     (:func:`machine_memory`), and where that is unknown the size checks are skipped.
     """
