@@ -52,17 +52,6 @@ def test_accuracy_single_and_batched():
     assert data.accuracy(batched, labels).tolist() == pytest.approx([2 / 3, 2 / 3])
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [None, {"data": {"n_samples": 100, "centers": 3, "test_size": 0.5}},
-     {"data": {"n_samples": 7, "test_size": 0.4}}, {"data": {"n_samples": 1001, "test_size": 0.33}}],
-)
-def test_split_sizes_and_classes_match_the_built_data(cfg):
-    """The config check counts the data without building it; the counts are the real ones."""
-    ds = data.load("blobs", cfg)
-    assert data.split_sizes("blobs", cfg) == (len(ds.y_train), len(ds.y_test))
-    assert data.n_classes("blobs", cfg) == ds.n_classes
-    lesson = data.toy()
-    assert data.split_sizes("toy") == (len(lesson.y_train), len(lesson.y_test)) == (9, 3)
-    assert data.n_classes("toy") == lesson.n_classes == 3
-    assert ds.n_features == lesson.n_features == data.N_FEATURES
+def test_load_rejects_unknown_dataset_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"^dataset: got 'mnist'; allowed: toy, blobs$"):
+        data.load("mnist", {})

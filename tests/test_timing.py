@@ -9,7 +9,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from mlpbench.timing import blas_num_threads, cuda_synchronized_clock, measure, thread_limits
+from mlpbench.timing import CUDA_SYNC, blas_num_threads, measure, thread_limits
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_cuda_clock_waits_for_queued_kernels():
     for _ in range(10):
         a @ b  # ~10 x 137 GFLOP fp32: several ms on any GPU, microseconds to launch
     launched = timeit.default_timer() - start
-    finished = cuda_synchronized_clock() - start
+    finished = CUDA_SYNC.clock() - start
     assert finished > 1e-3
     assert finished > launched
 
@@ -125,7 +125,7 @@ def test_cuda_measurement_is_synchronised():
     a = torch.rand(2048, 2048, device="cuda")
     z = torch.empty_like(a)
     result = measure("torch.matmul(a, a, out=z)", {"a": a, "z": z}, threads=1,
-                     min_run_time_s=0.05, cuda=True)
+                     min_run_time_s=0.05, sync=CUDA_SYNC)
     assert "torch.cuda.synchronize()" in result.method
     # 2 * 2048^3 = 17 GFLOP: well above a microsecond-scale launch on any GPU.
     assert 2 * 2048**3 / result.median_s < 2e15

@@ -1,7 +1,8 @@
 """What the config schema cannot say, checked once, before any job runs.
 
 ``workflow/rules/common.smk`` validates the config against ``workflow/schemas/config.schema.yaml``
-(which fills in the defaults) and then calls :func:`check_config`, so that a config is refused
+with the registered data sets filled in (:func:`mlpbench.data.config_schema`; the validation
+fills in the defaults) and then calls :func:`check_config`, so that a config is refused
 before Snakemake schedules anything and an existing ``results/`` is never touched by it. The
 library trusts what passes: it receives ``int`` where the schema says integer, finite ``float``
 where it says number, and does not check again.
@@ -63,7 +64,7 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], *,
     """Check what the schema cannot, and normalise the types in place; raise ``ConfigError``.
 
     ``config`` must already have passed the schema (with its defaults filled in), as
-    ``snakemake.utils.validate`` leaves it; ``schema`` is the parsed schema document.
+    :func:`mlpbench.config.validate_config` leaves it; ``schema`` is that schema document.
     ``memory_bytes`` is the memory every job is measured against; by default this machine's
     (:func:`machine_memory`), and where that is unknown the size checks are skipped.
     """
@@ -135,7 +136,7 @@ def _check_experiment(name: str, exp: Mapping[str, Any]) -> None:
                     f"one of {key_path([*path, axis])}: {', '.join(map(_show, exp[axis]))}")
     n_train, _ = data.split_sizes(name, exp)
     if name == "blobs":
-        blobs = data.blobs_data(exp)
+        blobs = data.get("blobs").params(exp)
         classes = data.n_classes(name, exp)
         if n_train < classes:
             raise _refuse(
@@ -286,17 +287,17 @@ def training_parts(name: str, exp: Mapping[str, Any], decision_grid: Mapping[str
     workspace = forward = 0
     for shape in plan_shapes(exp):
         m, k = n_seeds * len(shape.lrs), len(shape.checkpoints)
-        p = _params_per_member(data.N_FEATURES, shape.width, shape.depth, classes)
+        p = _params_per_member(data.get(name).n_features, shape.width, shape.depth, classes)
         if cpu:
             ensemble = max(ensemble, 4 * (m * p * (buffers + k) + shape.max_epochs * m))
             workspace = max(workspace, 4 * m * batch * (2 * shape.width * shape.depth
-                                                        + data.N_FEATURES + 4 * classes))
+                                                        + data.get(name).n_features + 4 * classes))
             forward = max(forward, 4 * 2 * m * points * max(shape.width, classes))
         per_point += 2 * k * m * n_test * 10 * 8
         decision += 2 * k * m * points * (7 * 8 + (2 + classes) * 4)
         losses += 2 * shape.max_epochs * m * 8 * 8
     if name == "blobs":
-        n_samples = data.blobs_data(exp)["n_samples"]
+        n_samples = data.get("blobs").params(exp)["n_samples"]
         points_key: tuple[list, Any] = ([*path, "data", "n_samples"], n_samples)
         per_point += 64 * n_samples
     else:

@@ -98,6 +98,33 @@ def find_validation_error(exc: BaseException) -> ValidationError | None:
     return None
 
 
+def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Validate ``config`` against the parsed ``schema`` (JSON Schema 2020-12), filling defaults.
+
+    As ``snakemake.utils.validate`` does, a key left out takes its ``default`` (before its own
+    keys are checked, so defaults fill nested mappings too); each default is a copy, so no two
+    keys share one mutable value. Takes the schema as a document, not a file, so that the
+    workflow can check against the schema with the registered data sets filled in (see
+    :func:`mlpbench.data.config_schema`). Raises ``jsonschema.ValidationError`` at the first
+    error, which :func:`explain` turns into one sentence.
+    """
+    import copy
+
+    from jsonschema import Draft202012Validator, validators
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+    validator(schema).validate(config)
+
+
 class ConfigError(ValueError):
     """A config file or ``--config`` value that cannot be read; the message is one line."""
 

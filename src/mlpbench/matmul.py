@@ -12,6 +12,9 @@ Bandwidth reference: a STREAM-like copy of ``bandwidth_mib`` MiB per backend and
 read + bytes written. ``bandwidth_gb_s`` of every row is the best copy rate of its device.
 Operand bytes of a matmul are (m*k + k*n + m*n) * itemsize; operands that fit in the caches
 can therefore show a share above 1.
+
+The backends (their statements, operands, synchronisation and thread control) are the entries
+of :mod:`mlpbench.backends`; nothing here is specific to one library.
 """
 
 from __future__ import annotations
@@ -23,15 +26,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from mlpbench import backends
+from mlpbench.backends import OperandSpec
 from mlpbench.config import machine_id
 from mlpbench.contract import MATMUL, matmul_bytes, matmul_flop
-from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.timing import describe_method, measure
 
 __all__ = [
-    "BACKENDS",
     "CASES",
     "COLUMNS",
     "DEVICES",
@@ -41,10 +43,9 @@ __all__ = [
     "shapes_from_config",
 ]
 
-DEVICES = ("cpu", "cuda")
+DEVICES = backends.devices()
 DTYPES = ("float32", "float64")
 CASES = ("lesson", "square", "gemv")
-BACKENDS = {"cpu": ("numpy", "torch"), "cuda": ("torch",)}  # NumPy has no GPU
 KINDS = {"cpu": ("matmul",), "cuda": ("matmul", "h2d", "d2h")}  # transfers exist on cuda only
 
 COLUMNS = MATMUL.column_names  # the table's columns, declared in mlpbench.contract
@@ -53,14 +54,6 @@ _MEASURED = ["time_s_median", "time_s_iqr", "gflop_s", "gb_s", "bandwidth_gb_s",
 Shape = tuple[str, int, int, int]  # (case, m, k, n)
 
 _SEED = 0
-_STMT = {
-    ("numpy", "matmul"): "np.matmul(x, y, out=z)",
-    ("torch", "matmul"): "torch.matmul(x, y, out=z)",
-    ("numpy", "copy"): "np.copyto(dst, src)",
-    ("torch", "copy"): "dst.copy_(src)",
-    ("torch", "h2d"): "y_dev.copy_(y_host)",
-    ("torch", "d2h"): "z_host.copy_(z_dev)",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,45 +108,22 @@ class _Job:
 
 def _plan(device: str, dtypes: Sequence[str], shapes: Sequence[Shape]) -> list[_Job]:
     jobs: list[_Job] = []
-    for backend in BACKENDS[device]:
+    for backend in backends.by_device()[device]:
+        statements = backends.get(backend).statements
         for dtype in dtypes:
             jobs.append(_Job(backend, device, dtype, "bandwidth", "copy", 0, 0, 0))
             for case, m, k, n in shapes:
                 for kind in KINDS[device]:
-                    jobs.append(_Job(backend, device, dtype, case, kind, m, k, n))
+                    if kind in statements:  # a backend without transfers has no such rows
+                        jobs.append(_Job(backend, device, dtype, case, kind, m, k, n))
     return jobs
 
 
 def _operands(job: _Job, bandwidth_mib: int) -> dict[str, Any]:
     """Create and fill (touch every page of) the operands of ``job``: nothing here is timed."""
-    m, k, n = job.m, job.k, job.n
-    if job.backend == "numpy":
-        dt = np.dtype(job.dtype)
-        if job.kind == "copy":
-            count = bandwidth_mib * 2**20 // dt.itemsize
-            return {"np": np, "src": np.full(count, 1.0, dt), "dst": np.full(count, 0.0, dt)}
-        rng = np.random.default_rng(_SEED)
-        return {"np": np, "x": rng.random((m, k), dtype=dt), "y": rng.random((k, n), dtype=dt),
-                "z": np.full((m, n), 0.0, dt)}  # np.zeros would leave pages untouched
-
-    dt = getattr(torch, job.dtype)
-    dev = torch.device(job.device)
-    gen = torch.Generator(device=dev).manual_seed(_SEED)
-
-    def rand(*size: int, device: torch.device = dev) -> torch.Tensor:
-        g = gen if device == dev else torch.Generator().manual_seed(_SEED)
-        return torch.rand(*size, dtype=dt, device=device, generator=g)
-
-    if job.kind == "copy":
-        count = bandwidth_mib * 2**20 // job.itemsize
-        return {"src": torch.full((count,), 1.0, dtype=dt, device=dev),
-                "dst": torch.zeros(count, dtype=dt, device=dev)}
-    if job.kind == "h2d":  # pageable host memory, as the lesson's y.to('cuda')
-        return {"y_host": rand(k, n, device=torch.device("cpu")),
-                "y_dev": torch.zeros(k, n, dtype=dt, device=dev)}
-    if job.kind == "d2h":  # into pageable host memory, as the lesson's z.cpu()
-        return {"z_dev": rand(m, n), "z_host": torch.zeros(m, n, dtype=dt)}
-    return {"x": rand(m, k), "y": rand(k, n), "z": torch.zeros(m, n, dtype=dt, device=dev)}
+    count = bandwidth_mib * 2**20 // job.itemsize if job.kind == "copy" else 0
+    spec = OperandSpec(job.kind, job.device, job.dtype, job.m, job.k, job.n, count, _SEED)
+    return backends.get(job.backend).operands(spec)
 
 
 def _one_line(exc: BaseException, limit: int = 500) -> str:
@@ -184,28 +154,31 @@ def run_matmul_stage(
     measurement (out of memory, say) gives status "error" for that row and the rest go on.
     """
     host = machine_id(host)
-    unavailable = cuda_unavailable_reason() if device == "cuda" else None
-    cuda = device == "cuda"
+    unavailable = {name: backends.get(name).unavailable_reason(device)
+                   for name in backends.by_device()[device]}
 
     rows: list[dict[str, Any]] = []
     for job in _plan(device, list(dtypes), [tuple(s) for s in shapes]):
-        stmt = _STMT[(job.backend, job.kind)]
+        backend = backends.get(job.backend)
+        stmt = backend.statements[job.kind]
+        sync, thread_control = backend.sync(device), backend.threads()
         flop, nbytes = job.flop, job.nbytes(bandwidth_mib)
         row: dict[str, Any] = {
             "host": host, "backend": job.backend, "device": job.device, "dtype": job.dtype,
             "case": job.case, "kind": job.kind, "m": job.m, "k": job.k, "n": job.n,
             "threads": threads,
             "method": describe_method(stmt, min_run_time_s=min_run_time_s, warmup=warmup,
-                                      threads=threads, cuda=cuda),
+                                      threads=threads, sync=sync,
+                                      thread_control=thread_control),
             "time_s_median": math.nan, "time_s_iqr": math.nan, "n_runs": 0, "number_per_run": 0,
             "flop": flop, "bytes": nbytes, "gflop_s": math.nan, "gb_s": math.nan,
             "intensity_flop_per_byte": flop / nbytes,
             "bandwidth_gb_s": math.nan, "bandwidth_share": math.nan,
-            "status": "unavailable", "reason": unavailable or "",
+            "status": "unavailable", "reason": unavailable[job.backend] or "",
         }
-        if unavailable is None:
-            row.update(_measure_job(job, stmt, threads, min_run_time_s, warmup, bandwidth_mib,
-                                    flop, nbytes))
+        if unavailable[job.backend] is None:
+            row.update(_measure_job(job, backend, threads, min_run_time_s, warmup,
+                                    bandwidth_mib, flop, nbytes))
         rows.append(row)
         if log is not None:
             log(_describe_row(row))
@@ -213,19 +186,19 @@ def run_matmul_stage(
     return _with_bandwidth(pd.DataFrame(rows, columns=COLUMNS))
 
 
-def _measure_job(job: _Job, stmt: str, threads: int, min_run_time_s: float, warmup: int,
-                 bandwidth_mib: int, flop: float, nbytes: float) -> dict[str, Any]:
+def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_time_s: float,
+                 warmup: int, bandwidth_mib: int, flop: float, nbytes: float) -> dict[str, Any]:
     operands: dict[str, Any] = {}
     try:
         operands = _operands(job, bandwidth_mib)
-        result = measure(stmt, operands, threads=threads, min_run_time_s=min_run_time_s,
-                         warmup=warmup, cuda=job.device == "cuda")
+        result = measure(backend.statements[job.kind], operands, threads=threads,
+                         min_run_time_s=min_run_time_s, warmup=warmup,
+                         sync=backend.sync(job.device), thread_control=backend.threads())
     except Exception as exc:  # one failed measurement (OOM, say) must not stop the others
         return {"status": "error", "reason": _one_line(exc)}
     finally:
         operands.clear()  # free big operands before the next job allocates its own
-        if job.device == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        backend.release(job.device)
     t = result.median_s
     return {
         "method": result.method, "time_s_median": t, "time_s_iqr": result.iqr_s,

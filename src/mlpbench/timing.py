@@ -5,6 +5,10 @@ string whose operands come in through ``globals`` (created and filled before tim
 faults and no random-number generation land inside the measurement), a few warm-up calls run
 first (library initialisation such as the first cuBLAS handle or the BLAS thread pool start-up
 must not count, nor fool the block-size estimate), then ``Timer.blocked_autorange`` measures.
+
+What differs between array libraries is said by two small values a backend supplies (see
+:mod:`mlpbench.backends`): a :class:`ThreadControl` (how its thread pools are set) and, for a
+device that runs work asynchronously, a :class:`Sync` (the call that waits for queued work).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 import timeit
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +25,12 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from torch.utils.benchmark import Timer
 
 __all__ = [
+    "CUDA_SYNC",
+    "TORCH_AND_BLAS_THREADS",
     "Measurement",
+    "Sync",
+    "ThreadControl",
     "blas_num_threads",
-    "cuda_synchronized_clock",
     "describe_method",
     "measure",
     "thread_limits",
@@ -66,14 +73,49 @@ def thread_limits(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def cuda_synchronized_clock() -> float:
-    """Wall clock read only after the GPU has finished all queued work."""
-    torch.cuda.synchronize()
-    return timeit.default_timer()
+@dataclass(frozen=True)
+class ThreadControl:
+    """How a backend's thread pools are set: ``limits(threads)`` is a context manager that runs
+    its block with that many threads and restores the previous counts; ``text`` names the
+    mechanism in the ``method`` column."""
+
+    limits: Callable[[int], AbstractContextManager[None]]
+    text: str
+
+
+@dataclass(frozen=True)
+class Sync:
+    """How to wait for a device's queued work: ``call()`` returns once the work has finished.
+
+    ``device`` and ``text`` (the call as written in Python) name it in the ``method`` column.
+    """
+
+    call: Callable[[], None]
+    device: str
+    text: str
+
+    def clock(self) -> float:
+        """Wall clock read only after the device has finished all queued work."""
+        self.call()
+        return timeit.default_timer()
+
+
+# torch's intra-op pool and every loaded BLAS (NumPy's included): what NumPy and torch both use.
+TORCH_AND_BLAS_THREADS = ThreadControl(
+    thread_limits, "torch.set_num_threads + threadpoolctl BLAS limit"
+)
+# torch on CUDA: kernels are launched asynchronously.
+CUDA_SYNC = Sync(torch.cuda.synchronize, "cuda", "torch.cuda.synchronize()")
 
 
 def describe_method(
-    stmt: str, *, min_run_time_s: float, warmup: int, threads: int, cuda: bool
+    stmt: str,
+    *,
+    min_run_time_s: float,
+    warmup: int,
+    threads: int,
+    sync: Sync | None = None,
+    thread_control: ThreadControl = TORCH_AND_BLAS_THREADS,
 ) -> str:
     """The ``method`` string stored with each row: enough to repeat the measurement."""
     parts = [
@@ -81,12 +123,11 @@ def describe_method(
         f"stmt `{stmt}`",
         f"{warmup} warm-up call{'s' if warmup != 1 else ''} before timing",
         "operands created and filled before timing",
-        f"{threads} thread{'s' if threads != 1 else ''} (torch.set_num_threads"
-        " + threadpoolctl BLAS limit)",
+        f"{threads} thread{'s' if threads != 1 else ''} ({thread_control.text})",
     ]
-    if cuda:
+    if sync is not None:
         parts.append(
-            "cuda synchronised: torch.cuda.synchronize() before every clock read"
+            f"{sync.device} synchronised: {sync.text} before every clock read"
             " (each block of calls is timed to completion)"
         )
     return "; ".join(parts)
@@ -99,14 +140,17 @@ def measure(
     threads: int,
     min_run_time_s: float,
     warmup: int = 1,
-    cuda: bool = False,
+    sync: Sync | None = None,
+    thread_control: ThreadControl = TORCH_AND_BLAS_THREADS,
     setup: str = "pass",
 ) -> Measurement:
     """Time ``stmt`` with ``threads`` threads; return median/IQR seconds per call.
 
-    ``warmup`` calls run first and are not measured. With ``cuda=True`` the clock synchronises
-    the device before each read, so queued kernels are always inside the measured interval
-    (kernel launches are asynchronous; an unsynchronised clock times only the launch).
+    ``warmup`` calls run first and are not measured. ``thread_control`` sets the thread pools
+    for the warm-up and the measurement (torch's and every BLAS by default). With ``sync`` (for
+    torch on CUDA: :data:`CUDA_SYNC`) the clock synchronises the device before each read, so
+    queued kernels are always inside the measured interval (kernel launches are asynchronous;
+    an unsynchronised clock times only the launch).
     """
     _check_threads(threads)
     if not (isinstance(min_run_time_s, (int, float)) and math.isfinite(min_run_time_s)
@@ -115,9 +159,9 @@ def measure(
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup: got {warmup!r}; allowed: an integer >= 0")
 
-    clock: Callable[[], float] = cuda_synchronized_clock if cuda else timeit.default_timer
+    clock: Callable[[], float] = sync.clock if sync is not None else timeit.default_timer
     namespace = {"torch": torch, **globals}  # Timer adds torch too; the warm-up must match
-    with thread_limits(threads):
+    with thread_control.limits(threads):
         if warmup:
             # Plain timeit.Timer runs the same stmt/setup/globals without timing bookkeeping;
             # Timer's own warm-ups (inside the block-size estimate) come on top of these.
@@ -132,9 +176,8 @@ def measure(
         number_per_run=int(result.number_per_run),
         warmup_calls=warmup,
         threads=threads,
-        method=describe_method(
-            stmt, min_run_time_s=min_run_time_s, warmup=warmup, threads=threads, cuda=cuda
-        ),
+        method=describe_method(stmt, min_run_time_s=min_run_time_s, warmup=warmup,
+                               threads=threads, sync=sync, thread_control=thread_control),
     )
 
 

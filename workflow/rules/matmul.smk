@@ -1,3 +1,4 @@
+from mlpbench.backends import devices as backend_devices
 from mlpbench.codeversion import code_version
 
 
@@ -9,7 +10,8 @@ rule matmul:
     log:
         "logs/matmul/{device}.log",
     wildcard_constraints:
-        device="cpu|cuda",
+        # the devices the registered backends run on (mlpbench.backends)
+        device="|".join(backend_devices()),
     conda:
         "../envs/mlpbench.yaml"
     threads: matmul_threads()
