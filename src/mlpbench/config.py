@@ -86,18 +86,6 @@ def invalid(where: str, what: str, allowed: str) -> str:
     return f"invalid config at '{where}': {what}. Allowed: {allowed.rstrip('.')}."
 
 
-def find_validation_error(exc: BaseException) -> ValidationError | None:
-    """Snakemake wraps the jsonschema error in a WorkflowError; dig it out."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ValidationError):
-            return exc
-        inner = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
-        exc = inner[0] if inner else (exc.__cause__ or exc.__context__)
-    return None
-
-
 def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
     """Validate ``config`` against the parsed ``schema`` (JSON Schema 2020-12), filling defaults.
 

@@ -156,7 +156,8 @@ def _c(name: str, type_: pa.DataType, description: str, unit: str | None = None,
     return Column(name, type_, description, unit, nullable)
 
 
-_DATASET = _c("dataset", STR, "data set: toy (the lesson's nine points) or blobs (make_blobs)")
+_DATASET = _c("dataset", STR,
+              "data set: a registered name (mlpbench.data), e.g. toy (the lesson's nine points)")
 _DEVICE = _c("device", STR, "device the work ran on: cpu or cuda")
 _WIDTH = _c("width", I64, "units per hidden layer", "1")
 _DEPTH = _c("depth", I64, "number of hidden layers", "1")
@@ -185,7 +186,7 @@ def matmul_bytes(m: int, k: int, n: int, itemsize: int) -> float:
 
 _MATMUL_COLUMNS = (
     _HOST,
-    _c("backend", STR, "library that ran the product: numpy or torch"),
+    _c("backend", STR, "library that ran the product: a registered backend (mlpbench.backends)"),
     _DEVICE,
     _c("dtype", STR, "element type of the operands: float32 or float64"),
     _c("case", STR, "lesson (the lesson's product), square, gemv, or bandwidth (the copy)"),
@@ -355,7 +356,7 @@ SUMMARY: dict[str, Table] = {
                                      "imply", (
             _c("source", STR, "where the number comes from: lesson"),
             _c("label", STR, "short name for tables and figures"),
-            _c("backend", STR, "numpy or torch"),
+            _c("backend", STR, "a registered backend (mlpbench.backends)"),
             _DEVICE,
             _c("dtype", STR, "element type the lesson's code used"),
             _c("case", STR, "lesson"),

@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 
 from mlpbench.findings import axis_rows
-from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, DATASET_INTROS, VERDICT_WORDS,
+from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, VERDICT_WORDS,
                               axis_span, axis_value, blas_text, ci_text, dataset_order,
-                              dataset_title, device_name, fmt_time, network, num, pct, plural,
-                              series_label, times, why)
+                              dataset_intro, dataset_title, device_name, fmt_time, network, num,
+                              pct, plural, series_label, times, why)
 from mlpbench.tables import epoch_time_by_shape
 
 
@@ -465,7 +465,7 @@ class Story:
     def dataset_passages(self, name: str) -> list[str | pd.DataFrame]:
         """A further data set's section: heading, data, baseline vs best, every axis, table."""
         out: list[str | pd.DataFrame] = [
-            f"### {dataset_title(name)}\n\n{DATASET_INTROS.get(name, '')}"]
+            f"### {dataset_title(name)}\n\n{dataset_intro(name)}"]
         size, guess = self.one("test_set_size", dataset=name), self.one("chance_level",
                                                                          dataset=name)
         if size and guess:

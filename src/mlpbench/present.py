@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from mlpbench import backends, data
+
 # Okabe-Ito, reordered so the first colours read well as lines on white.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#000000",
            "#F0E442"]
@@ -29,11 +31,6 @@ AXIS_ORDER = ("epochs", "width", "depth", "lr")
 AXIS_NAMES = {"lr": "learning rate"}  # an axis's name in a sentence, where not its key
 
 # The lesson's data sets by their config name; any other is shown under its own name.
-DATASET_TITLES = {"toy": "Toy data", "blobs": "Blobs"}
-DATASET_INTROS = {
-    "blobs": "The homework's second task: Gaussian blobs from `make_blobs`, split into a "
-             "training and a test set, learned by the same kind of network.",
-}
 FIRST_DATASET = "toy"  # the lesson's own nine points come first
 
 
@@ -83,7 +80,8 @@ def device_name(device: str) -> str:
 
 
 def library_name(backend: str) -> str:
-    return "NumPy" if backend == "numpy" else str(backend)
+    """A backend's label from its registry entry (mlpbench.backends): 'NumPy', 'torch'."""
+    return backends.label(backend)
 
 
 def series_label(backend: str, device: str, dtype: str) -> str:
@@ -97,7 +95,13 @@ def dataset_order(names: Iterable[str]) -> list[str]:
 
 
 def dataset_title(name: str) -> str:
-    return DATASET_TITLES.get(name, name.replace("_", " ").capitalize())
+    """A data set's title from its registry entry (mlpbench.data); else its name, capitalised."""
+    return data.get(name).title if name in data.names() else name.replace("_", " ").capitalize()
+
+
+def dataset_intro(name: str) -> str:
+    """A data set's description from its registry entry (mlpbench.data); '' if unregistered."""
+    return data.get(name).description if name in data.names() else ""
 
 
 def axis_value(axis: str, value: float) -> str:
