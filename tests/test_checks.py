@@ -167,9 +167,9 @@ def test_blobs_too_small_for_its_classes_names_the_smallest_size():
     message = refused(blobs(data={"n_samples": 6}))
     assert message == (
         "invalid config at 'train.experiments.blobs.data.n_samples': 6 is not allowed (test_size "
-        "0.4 leaves 3 training point(s) for 4 classes (centers), so some class has none). "
+        "0.4 leaves 3 training point(s) for 4 classes, so some class has none). "
         "Allowed: at least one training point per class: n_samples - ceil(test_size * n_samples) "
-        ">= centers, here n_samples >= 7.")
+        ">= classes, here n_samples >= 7.")
     checked(blobs(data={"n_samples": 7}))
 
 

@@ -16,8 +16,8 @@ where it says number, and does not check again.
    an ``int`` where a number is meant becomes a ``float``. The config is changed in place, before
    its hash is taken, so ``epochs: [20.0]`` and ``epochs: [20]`` are one config.
 3. **Cross-field rules** of the data sets that this run trains (``train.datasets``): a grid-mode
-   ``baseline`` must lie on the grid's axes; ``blobs`` must leave at least one training point per
-   class after its split; ``batch_size`` must not exceed the training set.
+   ``baseline`` must lie on the grid's axes; every data set must leave at least one training
+   point per class after its split; ``batch_size`` must not exceed the training set.
 4. **Sizes that cannot fit**: the bytes each job must hold at once (see
    :func:`matmul_parts` and :func:`training_parts`) against this machine's memory.
 
@@ -135,17 +135,21 @@ def _check_experiment(name: str, exp: Mapping[str, Any]) -> None:
                     "every run with the baseline",
                     f"one of {key_path([*path, axis])}: {', '.join(map(_show, exp[axis]))}")
     n_train, _ = data.split_sizes(name, exp)
-    if name == "blobs":
-        blobs = data.get("blobs").params(exp)
-        classes = data.n_classes(name, exp)
-        if n_train < classes:
-            raise _refuse(
-                [*path, "data", "n_samples"], blobs["n_samples"],
-                f"test_size {_show(blobs['test_size'])} leaves {n_train} training point(s) "
-                f"for {classes} classes (centers), so some class has none",
-                "at least one training point per class: n_samples - ceil(test_size * "
-                f"n_samples) >= centers, here n_samples >= "
-                f"{_smallest_n_samples(blobs['test_size'], classes)}")
+    classes = data.n_classes(name, exp)
+    if n_train < classes:
+        # Any registered data set; the bound on n_samples where its generator has one and a
+        # test_size split (blobs: the homework's make_blobs + train_test_split).
+        params = data.get(name).params(exp)
+        sized = "n_samples" in params and "test_size" in params
+        key, value = ([*path, "data", "n_samples"], params["n_samples"]) if sized else \
+            ([*path, "data"], params)
+        split = f"test_size {_show(params['test_size'])}" if sized else "the split"
+        allowed = "at least one training point per class"
+        if sized:
+            allowed += (": n_samples - ceil(test_size * n_samples) >= classes, here n_samples >= "
+                        f"{_smallest_n_samples(params['test_size'], classes)}")
+        raise _refuse(key, value, f"{split} leaves {n_train} training point(s) for {classes} "
+                      "classes, so some class has none", allowed)
     batch_size = exp["batch_size"]
     if batch_size is not None and batch_size > n_train:
         raise _refuse([*path, "batch_size"], batch_size,
