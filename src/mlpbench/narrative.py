@@ -548,7 +548,7 @@ class Story:
                 f"{times(gain['value'] if faster else 1 / gain['value'])} "
                 f"{'faster' if faster else 'slower'} (median over the "
                 f"{gain['ev']['n_pairs']} combinations of dataset, device and shape timed both "
-                f"ways). " + self._separation(gain, "The ensemble", "the loop")
+                f"ways). " + self._separation(gain, "the ensemble", "the loop")
                 + (f" That is what makes {plural(gain['ev']['max_members'], 'seed')} per "
                    f"configuration affordable." if gain["verdict"] == "ensemble_faster" else ""))
         out += self.epoch_step_sentences()
@@ -559,17 +559,17 @@ class Story:
         """How many shapes' timed windows separate ``this`` from ``that`` (a finding's counts)."""
         ev = f["ev"]
         n = ev.get("n_shapes", ev.get("n_pairs", 0))
-        faster, slower = ev.get("n_faster", 0), ev.get("n_slower", 0)
-        within, lone = ev.get("n_within_spread", 0), ev.get("n_no_spread", 0)
         if not n:
             return ""
-        parts = [f"{this} was faster in every timed window than {that} for {faster} of {n}",
-                 f"slower in every window for {slower}"]
-        text = (", ".join(parts) + f", and the windows' ranges overlapped for {within}"
-                + (f" ({lone} timed with a single window)" if lone else ""))
-        verdict = {"mixed": "so the direction depends on the shape",
-                   "within_spread": "so this run cannot tell them apart"}.get(f["verdict"])
-        return text + (f": {verdict}." if verdict else ".")
+        counts = [(ev.get("n_faster", 0), "faster"), (ev.get("n_slower", 0), "slower"),
+                  (ev.get("n_within_spread", 0), "within the spread"),
+                  (ev.get("n_no_spread", 0), "not comparable (a single window)")]
+        said = [f"{word} in {k}" for k, word in counts if k]
+        tail = {"mixed": ", so the direction depends on the shape",
+                "within_spread": ", so this run cannot tell them apart"}.get(f["verdict"], "")
+        return (f"Judged by the spread of the timed windows (different only when the fastest-to-"
+                f"slowest ranges do not overlap), {this} was " + ", ".join(said)
+                + f" of the {n} comparisons with {that}{tail}.")
 
     def epoch_step_sentences(self) -> list[str]:
         """Per dataset (and device), which steps in width or depth changed the ensemble's epoch
@@ -743,7 +743,8 @@ class Story:
 
     def environment_tables(self) -> list[pd.DataFrame]:
         timing = (f"matrix products: {self.threads('matmul')} (torch and NumPy's BLAS, set for "
-                  f"every timing); training: {self.threads('training')}")
+                  f"every timing); training: {self.threads('training')}; what each timing job "
+                  f"read about itself is in the next table")
         out = []
         for m in self.machines:
             gpu, blas, versions = m.get("gpu") or {}, m.get("blas") or {}, m.get("versions") or {}
@@ -755,8 +756,7 @@ class Story:
                  f"{m.get('physical_cores')} / {m.get('logical_cores')}"),
                 ("NumPy BLAS", blas_text(blas.get("numpy"), "numpy")),
                 ("torch BLAS", blas_text(blas.get("torch"), "torch")),
-                ("threads used for timings", timing + " (as each job read them itself: see "
-                                                        "the table below)"),
+                ("threads used for timings", timing),
                 ("GPU", f"{gpu.get('name')}, {gpu.get('memory_gib')} GiB, driver "
                         f"{gpu.get('driver')}, CUDA {gpu.get('cuda_version')}"
                  if gpu.get("available") else f"none: {gpu.get('reason') or 'CUDA unavailable'}"),

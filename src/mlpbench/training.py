@@ -67,13 +67,15 @@ __all__ = [
     "window_stats",
 ]
 
-# Each timing is TIMING_WINDOWS windows of WINDOW_EPOCHS epochs (150 epochs in all, about what
-# one 200-epoch timing of the loop cost before). Five windows give a median that one disturbed
-# window (another process, a clock change) cannot move, and a min-max range and IQR that show
-# how much the machine let the timing wander; more windows of fewer epochs would each be shorter
-# than the scheduler's time slice for the smallest shapes.
+# Each timing is TIMING_WINDOWS windows of WINDOW_EPOCHS epochs. Five windows give a median
+# that one disturbed window (another process, a clock change) cannot move, and a min-max range
+# and IQR that show how far the machine let the timing wander. 5 x 20 epochs keeps the run
+# time of the default pipeline where it was: the loop's single 200-epoch timing became 100
+# epochs, which pays for the ensemble's 100 new timed epochs (on a 2-core laptop an ensemble
+# epoch costs about what a loop epoch does). The shortest windows (toy, width 4) still last
+# milliseconds, far above the clock's resolution.
 TIMING_WINDOWS = 5
-WINDOW_EPOCHS = 30
+WINDOW_EPOCHS = 20
 WARMUP_EPOCHS = 3  # untimed, so one-off costs (allocator, BLAS/cuBLAS set-up) stay out of timings
 
 COLUMNS: dict[str, list[str]] = {name: table.column_names for name, table in TRAIN.items()}
