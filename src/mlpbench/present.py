@@ -173,8 +173,8 @@ LIBRARY_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS", "accelera
 
 def blas_text(info: Any, library: str) -> str:
     """A machine record's BLAS entry for ``library`` ('numpy' or 'torch'), in words: the
-    library, its version and the kernels it picked (not NumPy's thread count, which is the
-    recording process's default rather than what the timings used)."""
+    library, its version and the kernels it picked (thread counts are not part of the machine
+    record: each timing job records its own, see mlpbench.environment)."""
     if isinstance(info, list):
         info = info[0] if info else {}
     info = info or {}
