@@ -47,8 +47,15 @@ def test_matmul_records_the_threads_set_on_the_command_line(run):
     for var in ("omp_num_threads", "mkl_num_threads", "openblas_num_threads"):
         assert set(env[var]) == {"1"}, var
     assert json.loads(env["thread_env_json"][0])["OMP_NUM_THREADS"] == "1"
+    # The CUDA job reads the GPU's state, or says why it could not.
     cuda = pd.read_parquet(run / "results" / "matmul" / "cuda.environment.parquet")
-    assert (cuda["gpu_reason"] == "").all() or cuda["gpu_sm_clock_mhz"].isna().all()
+    for _, row in cuda.iterrows():
+        if row["gpu_reason"]:
+            assert pd.isna(row["gpu_source"]) and pd.isna(row["gpu_temperature_c"])
+        else:
+            assert row["gpu_source"] in ("nvml", "nvidia-smi")
+            assert pd.notna(row["gpu_sm_clock_mhz"])
+    assert set(env["gpu_reason"]) == {"not a CUDA job"}
 
 
 def test_training_records_the_threads_set_on_the_command_line(run):
