@@ -8,7 +8,6 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
         log.warning("removed %s, left by an interrupted write", tmp)
     record = collect(
-        threads=snakemake.params.matmul_threads,  # noqa: F821
         config_hash=snakemake.params.config_hash,  # noqa: F821
         config=snakemake.config,  # noqa: F821
         explicit_id=snakemake.params.machine_id,  # noqa: F821

@@ -1,22 +1,37 @@
 """Snakemake entry point: time the matmul cases on one device."""
 
-from mlpbench.contract import MATMUL, write
+import pandas as pd
+
+from mlpbench.contract import MATMUL, MATMUL_ENVIRONMENT, write
+from mlpbench.environment import environment_rows, snapshot
 from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
+from mlpbench.machine import machine_id
 from mlpbench.matmul import run_matmul_stage, shapes_from_config
+from mlpbench.timing import thread_limits
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
     for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
         log.warning("removed %s, left by an interrupted write", tmp)
     cfg = snakemake.params.cfg  # noqa: F821
-    table = run_matmul_stage(
-        device=snakemake.wildcards.device,  # noqa: F821
-        dtypes=list(cfg["dtypes"]),
-        shapes=shapes_from_config(cfg),
-        threads=snakemake.threads,  # noqa: F821
-        min_run_time_s=cfg["min_run_time_s"],
-        bandwidth_mib=cfg["bandwidth_mib"],
-        log=log.info,
-    )
+    device = snakemake.wildcards.device  # noqa: F821
+    threads = snakemake.threads  # noqa: F821
+    gpu = 0 if device == "cuda" else None
+    # The readings are taken under the thread limits every measurement sets (the same ones).
+    with thread_limits(threads):
+        before = snapshot(cuda_device=gpu)
+        table = run_matmul_stage(
+            device=device,
+            dtypes=list(cfg["dtypes"]),
+            shapes=shapes_from_config(cfg),
+            threads=threads,
+            min_run_time_s=cfg["min_run_time_s"],
+            bandwidth_mib=cfg["bandwidth_mib"],
+            log=log.info,
+        )
+        after = snapshot(cuda_device=gpu)
     log.info("%d rows, status counts: %s", len(table), table["status"].value_counts().to_dict())
-    write(table, snakemake.output[0], MATMUL)  # noqa: F821
+    env = environment_rows(before, after, host=machine_id(None), stage="matmul", device=device,
+                           threads=threads)
+    write(table, snakemake.output.table, MATMUL)  # noqa: F821
+    write(pd.DataFrame(env), snakemake.output.environment, MATMUL_ENVIRONMENT)  # noqa: F821

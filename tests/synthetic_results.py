@@ -190,7 +190,7 @@ def decision_block(dataset: str, device: str, width: int, depth: int, lr: float,
 
 def train_frames(dataset: str, device: str, available: bool,
                  diverged: bool) -> dict[str, pd.DataFrame]:
-    """The six tables of one training job (``diverged``: seed 2 of width 8 blows up)."""
+    """The tables of one training job (``diverged``: seed 2 of width 8 blows up)."""
     n_classes = DATASETS[dataset]
     lr = BASELINE["lr"]
     tables: dict[str, list[dict[str, Any]]] = {k: [] for k in
@@ -199,9 +199,13 @@ def train_frames(dataset: str, device: str, available: bool,
     pts = points(dataset, n_classes)
     for width, depth, trained in sweep_shapes():
         n_members = len(SEEDS)
+        windows, window_epochs = (5, max(1, trained // 5)) if available else (0, 0)
         timing = {"host": HOST, "dataset": dataset, "device": device, "width": width,
-                  "depth": depth, "n_members": n_members, "epochs_trained": trained,
+                  "depth": depth, "n_members": n_members, "n_windows": windows,
+                  "epochs_per_window": window_epochs, "epochs_trained": windows * window_epochs,
                   "threads": 1, "method": "ensemble"}
+        nan_spread = {"time_per_epoch_s_min": np.nan, "time_per_epoch_s_max": np.nan,
+                      "time_per_epoch_s_iqr": np.nan}
         if not available:
             for epochs in checkpoints(width, depth):
                 tables["metrics"].append({"dataset": dataset, "device": device, "width": width,
@@ -210,19 +214,21 @@ def train_frames(dataset: str, device: str, available: bool,
                                           "test_acc": np.nan, "status": "unavailable",
                                           "reason": CUDA_REASON})
             tables["timings"].append({**timing, "time_s": np.nan, "time_per_epoch_s": np.nan,
-                                      "time_per_member_epoch_s": np.nan,
+                                      **nan_spread, "time_per_member_epoch_s": np.nan,
                                       "status": "unavailable", "reason": CUDA_REASON})
             continue
         per_epoch = (2e-4 if device == "cpu" else 5e-4) * (1 + 0.05 * width * depth)
-        tables["timings"].append({**timing, "time_s": per_epoch * trained,
-                                  "time_per_epoch_s": per_epoch,
+        timed = timing["epochs_trained"]
+        tables["timings"].append({**timing, "time_s": per_epoch * timed,
+                                  "time_per_epoch_s": per_epoch, **spread(per_epoch),
                                   "time_per_member_epoch_s": per_epoch / n_members,
                                   "status": "ok", "reason": ""})
         # The lesson's one-network loop, timed beside the ensemble.
         loop = per_epoch * 0.8
         tables["timings"].append({**timing, "n_members": 1, "method": "loop",
-                                  "time_s": loop * trained, "time_per_epoch_s": loop,
-                                  "time_per_member_epoch_s": loop, "status": "ok", "reason": ""})
+                                  "time_s": loop * timed, "time_per_epoch_s": loop,
+                                  **spread(loop), "time_per_member_epoch_s": loop,
+                                  "status": "ok", "reason": ""})
         for seed in SEEDS:
             blows_up = diverged and width == 8 and seed == 2
             curve = _loss_curve(seed, width, depth, trained, dataset)
@@ -264,6 +270,7 @@ def train_frames(dataset: str, device: str, available: bool,
                 tables["decision"].append(decision_block(dataset, device, width, depth, lr,
                                                          seed, epochs))
     frames = {k: pd.DataFrame(v) for k, v in tables.items() if k != "decision"}
+    frames["environment"] = environment_frame("train", device, dataset)
     frames["decision"] = (pd.concat([pd.DataFrame(d) for d in tables["decision"]],
                                     ignore_index=True)
                           if tables["decision"] else
@@ -275,25 +282,55 @@ def train_frames(dataset: str, device: str, available: bool,
     return frames
 
 
+def spread(per_epoch: float) -> dict[str, float]:
+    """The windows' spread of a timing whose windows ran within +-5 % of the median."""
+    return {"time_per_epoch_s_min": per_epoch * 0.95, "time_per_epoch_s_max": per_epoch * 1.05,
+            "time_per_epoch_s_iqr": per_epoch * 0.04}
+
+
+def environment_frame(stage: str, device: str, dataset: str | None = None) -> pd.DataFrame:
+    """A timing job's environment rows (before, after), as mlpbench.environment writes them."""
+    from mlpbench.environment import THREAD_ENV_VARS, environment_rows
+
+    threads = 2 if stage == "matmul" else 1
+    gpu = ({"gpu_source": None, "gpu_sm_clock_mhz": None, "gpu_mem_clock_mhz": None,
+            "gpu_temperature_c": None, "gpu_power_w": None, "gpu_pstate": None,
+            "gpu_reason": "not a CUDA job" if device == "cpu" else "nvidia-smi: not found"})
+
+    def snap(load: float, mhz: float) -> dict[str, Any]:
+        return {"time_utc": "2024-01-01T00:00:00.000+00:00", "torch_num_threads": threads,
+                "torch_num_interop_threads": 2, "blas_num_threads": threads,
+                "openmp_num_threads": threads,
+                "threadpools": [{"user_api": "blas", "internal_api": "openblas",
+                                 "num_threads": threads, "filename": "libopenblas.so"}],
+                "thread_env": {v: (str(threads) if v.endswith("THREADS") else None)
+                               for v in THREAD_ENV_VARS},
+                "affinity": "0-1", "affinity_count": 2, "load_1m": load, "load_5m": load,
+                "load_15m": load, "cpu_mhz_mean": mhz, "cpu_mhz_min": mhz, "cpu_mhz_max": mhz,
+                "cpu_mhz_source": "cpufreq scaling_cur_freq", **gpu}
+
+    rows = environment_rows(snap(0.5, 2400.0), snap(1.0, 2300.0), host=HOST, stage=stage,
+                            device=device, threads=threads, dataset=dataset)
+    table = contract.MATMUL_ENVIRONMENT if stage == "matmul" else contract.TRAIN["environment"]
+    return pd.DataFrame(rows, columns=table.column_names)
+
+
 def machine_info(cuda: bool) -> dict[str, Any]:
     """A record shaped like ``mlpbench.machine.collect``'s."""
     return {
         "host": HOST, "machine_id": HOST, "cpu_model": "Synthetic CPU @ 2.0GHz",
-        "physical_cores": 2, "logical_cores": 2, "usable_cores": 2, "threads": 2,
-        # As in a real record: the recording process's BLAS runs 1 thread; timings used 2.
-        "blas": {"numpy": {"internal_api": "openblas", "version": "0.3.27", "num_threads": 1,
+        "physical_cores": 2, "logical_cores": 2, "usable_cores": 2,
+        # Static facts only: thread counts are in each timing job's environment table.
+        "blas": {"numpy": {"internal_api": "openblas", "version": "0.3.27",
                            "architecture": "Haswell", "threading_layer": "pthreads",
                            "prefix": "libscipy_openblas", "filename": "libscipy_openblas.so"},
                  "torch": {"blas_info": "mkl", "lapack_info": "mkl", "mkl": None,
                            "mkldnn": None, "openmp": "OpenMP 201511",
                            "cpu_capability": "AVX2", "cuda_build": "0", "build_type": "Release",
                            "parallel_backend": "OpenMP", "mkl_available": True,
-                           "mkldnn_available": True, "openmp_available": True,
-                           "num_threads": 2, "num_interop_threads": 2},
+                           "mkldnn_available": True, "openmp_available": True},
                  "threadpools": [{"user_api": "blas", "internal_api": "openblas",
-                                  "num_threads": 2, "filepath": "/lib/libopenblas.so"}]},
-        "blas_env": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": None,
-                     "OPENBLAS_NUM_THREADS": None, "OPENBLAS_CORETYPE": None},
+                                  "filepath": "/lib/libopenblas.so"}]},
         "gpu": ({"available": True, "count": 1, "name": "Synthetic GPU", "memory_gib": 16.0,
                  "driver": "550.0", "cuda_version": "12.4", "reason": ""} if cuda else
                 {"available": False, "count": 0, "name": "none", "memory_gib": None,
@@ -313,6 +350,8 @@ def write_inputs(root: Path, *, cuda: bool = False, diverged: bool = True) -> Sy
     for device in ("cpu", "cuda"):
         path = root / "matmul" / f"{device}.parquet"
         contract.write(matmul_frame(device, cuda), path, contract.MATMUL)
+        contract.write(environment_frame("matmul", device),
+                       contract.matmul_environment_file(path), contract.MATMUL_ENVIRONMENT)
         matmul_files.append(path)
     train_dirs = []
     for dataset in DATASETS:

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from mlpbench import contract, matmul, tables, training
-from mlpbench.contract import MATMUL, SUMMARY, TRAIN, ContractError
+from mlpbench.contract import MATMUL, MATMUL_ENVIRONMENT, SUMMARY, TRAIN, ContractError
+from mlpbench.environment import environment_rows, snapshot
 from synthetic_results import CUDA_REASON, load_points, write_inputs
 
 TINY_MATMUL = dict(dtypes=["float32", "float64"],
@@ -43,6 +44,10 @@ def stage_outputs(tmp_path_factory):
             path = root / "matmul" / f"{device}.parquet"
             contract.write(df, path, MATMUL)
             written["matmul"][device] = (df, path)
+            now = snapshot(cuda_device=0 if device == "cuda" else None)
+            env = pd.DataFrame(environment_rows(now, now, host="h", stage="matmul",
+                                                device=device, threads=1))
+            contract.write(env, contract.matmul_environment_file(path), MATMUL_ENVIRONMENT)
         for device in ("cpu", "cuda"):
             job = training.run_training_job("toy", TINY_TRAIN, device, 1, GRID)
             for name, df in job.items():
@@ -59,8 +64,8 @@ def stage_outputs(tmp_path_factory):
 
 def test_names_come_from_the_contract():
     assert tables.TABLE_NAMES == contract.SUMMARY_TABLES
-    assert contract.TRAIN_TABLES == ("losses", "metrics", "predictions", "timings", "gradnorms",
-                                     "decision")
+    assert contract.TRAIN_TABLES == ("losses", "metrics", "predictions", "timings",
+                                     "environment", "gradnorms", "decision")
     assert training.COLUMNS == {name: TRAIN[name].column_names for name in contract.TRAIN_TABLES}
     assert matmul.COLUMNS == MATMUL.column_names
     assert SUMMARY["matmul"].column_names[: len(MATMUL.columns)] == MATMUL.column_names

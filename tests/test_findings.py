@@ -364,9 +364,14 @@ def test_gradient_ratio_per_depth():
 # --------------------------------------------------------------------------- epoch times
 
 
-def timing(device, method, per_epoch, per_member, width=4, speedup=math.nan, status="ok"):
-    return {"dataset": "toy", "device": device, "width": width, "depth": 1, "n_members": 8,
-            "threads": 1, "method": method, "time_per_epoch_s": per_epoch,
+def timing(device, method, per_epoch, per_member, width=4, speedup=math.nan, status="ok",
+           spread=0.1, depth=1, n_members=8):
+    """An epoch_time row whose windows ran within +-spread (a fraction) of the median."""
+    return {"dataset": "toy", "device": device, "width": width, "depth": depth,
+            "n_members": n_members, "threads": 1, "method": method,
+            "time_per_epoch_s": per_epoch,
+            "time_per_epoch_s_min": per_epoch * (1 - spread),
+            "time_per_epoch_s_max": per_epoch * (1 + spread),
             "time_per_member_epoch_s": per_member, "speedup_vs_cpu": speedup, "status": status,
             "reason": ""}
 
@@ -376,9 +381,22 @@ def test_ensemble_gain_is_the_median_over_shapes():
     times += [timing("cpu", "loop", l, l, w) for w, l in ((4, 2e-4), (8, 1e-3), (16, 5e-4))]
     g = only(run(epoch_time=times), "ensemble_gain")
     assert g["value"] == pytest.approx(5) and g["verdict"] == "ensemble_faster"
-    assert g["ev"]["n_pairs"] == 3
+    assert g["ev"]["n_pairs"] == 3 and g["ev"]["n_faster"] == 3
+    assert "do not overlap" in g["rule"]
     r = only(run(epoch_time=times), "member_epoch_range")
     assert (r["value"], r["reference_value"]) == (1e-4, 1e-4)
+
+
+def test_ensemble_gain_within_the_spread_is_not_a_gain():
+    # Per member the ensemble's median is faster (1.0e-4 vs 1.1e-4), but the windows overlap.
+    times = [timing("cpu", "ensemble", 8e-4, 1e-4, spread=0.2),
+             timing("cpu", "loop", 1.1e-4, 1.1e-4, spread=0.2)]
+    g = only(run(epoch_time=times), "ensemble_gain")
+    assert g["value"] == pytest.approx(1.1) and g["verdict"] == "within_spread"
+    # A single window has no spread: nothing is called different.
+    one = [{**t, "time_per_epoch_s_min": math.nan, "time_per_epoch_s_max": math.nan}
+           for t in times]
+    assert only(run(epoch_time=one), "ensemble_gain")["ev"]["n_no_spread"] == 1
 
 
 def test_cuda_epoch_times_without_a_cpu_twin_are_not_comparable():
@@ -388,4 +406,33 @@ def test_cuda_epoch_times_without_a_cpu_twin_are_not_comparable():
              timing("cuda", "ensemble", 2e-4, 2e-5, speedup=0.5)]
     slow = only(run(epoch_time=times), "cuda_vs_cpu_epoch")
     assert slow["verdict"] == "gpu_slower" and slow["value"] == 0.5
+    # Twice the median but windows that overlap: not called slower.
+    times[1] = timing("cuda", "ensemble", 2e-4, 2e-5, speedup=0.5, spread=0.6)
+    assert only(run(epoch_time=times), "cuda_vs_cpu_epoch")["verdict"] == "within_spread"
     assert np.isnan(only(run(epoch_time=times), "cuda_status")["reference_value"])
+
+
+def test_shape_steps_use_the_windows_spread():
+    # Width 32 has the larger median, but its windows overlap width 64's: within the spread.
+    times = [timing("cpu", "ensemble", t, t / 8, width=w, spread=sp)
+             for w, t, sp in ((4, 1e-4, 0.05), (8, 2e-4, 0.05), (32, 3.6e-4, 0.3),
+                              (64, 3.0e-4, 0.3))]
+    times += [timing("cpu", "ensemble", 5e-4, 5e-4 / 8, width=4, depth=2)]
+    steps = {r["subject"]: r for r in pick(run(epoch_time=times), "epoch_time_step")}
+    assert steps["ensemble: width 4 to 8"]["verdict"] == "slower"
+    assert steps["ensemble: width 8 to 32"]["verdict"] == "slower"
+    assert steps["ensemble: width 32 to 64"]["verdict"] == "within_spread"
+    assert steps["ensemble: depth 1 to 2"]["verdict"] == "slower"  # at width 4, the usual one
+    assert steps["ensemble: width 32 to 64"]["value"] == pytest.approx(3.0e-4)
+    assert steps["ensemble: width 32 to 64"]["reference_value"] == pytest.approx(3.6e-4)
+    assert "do not overlap" in steps["ensemble: width 4 to 8"]["rule"]
+
+
+@pytest.mark.parametrize("a, b, verdict", [
+    ((1.0, 2.0), (2.5, 3.0), "slower"), ((1.0, 2.0), (0.1, 0.9), "faster"),
+    ((1.0, 2.0), (1.9, 3.0), "within_spread"), ((1.0, 2.0), (math.nan, math.nan), "no_spread"),
+])
+def test_compare_ranges(a, b, verdict):
+    from mlpbench.findings import compare_ranges
+
+    assert compare_ranges(*a, *b) == verdict

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mlpbench.contract import TRAIN_TABLES
 from workflow_helpers import TINY, copy_pipeline
-
-TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "decision"]
 OUT = Path("results/train/toy/cpu")
 TARGET = str(OUT / "losses.parquet")
 

@@ -12,21 +12,20 @@ import pytest
 import torch
 
 from mlpbench.config import config_hash
-from mlpbench.machine import BLAS_ENV_VARS, KEYS, collect
+from mlpbench.machine import KEYS, collect
 
 CONFIG = {"matmul": {"dtypes": ["float32", "float64"], "threads": 2}, "machine_id": None}
 
 
 @pytest.fixture(scope="module")
 def record() -> dict:
-    return collect(2, config_hash(CONFIG), CONFIG)
+    return collect(config_hash(CONFIG), CONFIG)
 
 
 def test_record_has_every_key_and_is_plain_json(record):
     assert set(record) == set(KEYS)
     # plain json.dumps (no default=str): every value is a JSON type
     assert json.loads(json.dumps(record)) == record
-    assert record["threads"] == 2
     assert record["config_hash"] == config_hash(CONFIG)
     assert record["config"] == CONFIG
 
@@ -40,24 +39,24 @@ def test_cpu_and_core_counts(record):
 
 def test_blas_of_numpy_and_torch(record):
     numpy_blas = record["blas"]["numpy"]
-    for key in ("internal_api", "version", "num_threads", "architecture"):
+    for key in ("internal_api", "version", "architecture"):
         assert key in numpy_blas
     assert numpy_blas["internal_api"] in {"openblas", "mkl", "blis", "accelerate", "flexiblas"}
     torch_blas = record["blas"]["torch"]
     assert torch_blas["blas_info"]  # e.g. "mkl" or "open"
     assert torch_blas["mkldnn_available"] == torch.backends.mkldnn.is_available()
-    assert torch_blas["num_threads"] >= 1
-    assert set(record["blas_env"]) == set(BLAS_ENV_VARS)
 
 
-def test_blas_environment_is_recorded_not_changed(monkeypatch):
-    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    rec = collect(1, config_hash({}))
-    assert rec["blas_env"]["OPENBLAS_CORETYPE"] == "Haswell"
-    assert rec["blas_env"]["MKL_NUM_THREADS"] is None
-    assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"
-    assert "MKL_NUM_THREADS" not in os.environ
+def test_record_keeps_static_facts_only(monkeypatch):
+    """Threads and thread variables belong to the timing jobs (mlpbench.environment): the record
+    of the job that writes it must not look like the benchmarks' threads."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    torch.set_num_threads(torch.get_num_threads())
+    rec = collect(config_hash({}))
+    text = json.dumps(rec)
+    assert "num_threads" not in text and "OMP_NUM_THREADS" not in text
+    assert "threads" not in rec and "blas_env" not in rec
+    assert os.environ["OMP_NUM_THREADS"] == "7"  # read, never changed
 
 
 def test_versions_and_timestamp(record):
@@ -72,7 +71,7 @@ def test_versions_and_timestamp(record):
 
 def test_gpu_absent_is_said_in_words(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    gpu = collect(1, config_hash({}))["gpu"]
+    gpu = collect(config_hash({}))["gpu"]
     assert gpu["available"] is False
     assert gpu["name"] == "none" and gpu["driver"] == "none" and gpu["memory_gib"] is None
     assert gpu["reason"].startswith("CUDA unavailable: torch.cuda.is_available() is False")
@@ -89,13 +88,13 @@ def test_gpu_present_is_described(record):
 
 def test_git_commit_none_outside_git(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # don't look above
-    rec = collect(1, config_hash({}), repo_dir=tmp_path)
+    rec = collect(config_hash({}), repo_dir=tmp_path)
     assert rec["git_commit"] is None and rec["git_dirty"] is None
 
 
 def test_git_missing_does_not_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no git, no nvidia-smi on PATH
-    assert collect(1, config_hash({}))["git_commit"] is None
+    assert collect(config_hash({}))["git_commit"] is None
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
@@ -109,11 +108,11 @@ def test_git_commit_of_a_repository(tmp_path):
     (tmp_path / "f.txt").write_text("a\n")
     git("add", "f.txt")
     git("commit", "-q", "-m", "one")
-    rec = collect(1, config_hash({}), repo_dir=tmp_path)
+    rec = collect(config_hash({}), repo_dir=tmp_path)
     assert rec["git_commit"] == git("rev-parse", "HEAD")
     assert rec["git_dirty"] is False
     (tmp_path / "f.txt").write_text("b\n")
-    assert collect(1, config_hash({}), repo_dir=tmp_path)["git_dirty"] is True
+    assert collect(config_hash({}), repo_dir=tmp_path)["git_dirty"] is True
 
 
 def test_config_hash_is_canonical():
@@ -125,11 +124,9 @@ def test_config_hash_is_canonical():
     assert config_hash(CONFIG) != config_hash(reordered)  # list order is meaningful
 
 
-def test_mismatched_hash_and_bad_threads_are_rejected():
+def test_mismatched_hash_is_rejected():
     with pytest.raises(ValueError, match=r"^config_hash: got 'abc'; allowed: the hash"):
-        collect(1, "abc", CONFIG)
-    with pytest.raises(ValueError, match=r"^threads: got 0; allowed: an integer >= 1"):
-        collect(0, config_hash(CONFIG))
+        collect("abc", CONFIG)
 
 
 def test_thread_pools_in_a_fixed_order_whatever_the_load_order(monkeypatch):
@@ -149,7 +146,7 @@ def test_thread_pools_in_a_fixed_order_whatever_the_load_order(monkeypatch):
     records = []
     for order in (fake, fake[::-1], [fake[1], fake[0], fake[2]]):
         monkeypatch.setattr(machine, "threadpool_info", lambda order=order: list(order))
-        records.append(collect(1, config_hash({}))["blas"])
+        records.append(collect(config_hash({}))["blas"])
     assert records[0] == records[1] == records[2]
     pools = records[0]["threadpools"]
     assert [(p["user_api"], p["filepath"]) for p in pools] == [
@@ -160,6 +157,6 @@ def test_thread_pools_in_a_fixed_order_whatever_the_load_order(monkeypatch):
     assert records[0]["numpy"]["filename"] == "libscipy_openblas64_.so"
     # the real list, read twice, gives the same record
     monkeypatch.setattr(machine, "threadpool_info", lambda: list(loaded[::-1]))
-    reversed_blas = collect(1, config_hash({}))["blas"]["threadpools"]
+    reversed_blas = collect(config_hash({}))["blas"]["threadpools"]
     monkeypatch.setattr(machine, "threadpool_info", lambda: list(loaded))
-    assert collect(1, config_hash({}))["blas"]["threadpools"] == reversed_blas
+    assert collect(config_hash({}))["blas"]["threadpools"] == reversed_blas

@@ -44,6 +44,7 @@ TRAIN_TABLES = ["losses", "metrics", "predictions", "timings", "gradnorms", "dec
 MEASURED = {
     "host", "time_s_median", "time_s_iqr", "n_runs", "number_per_run", "gflop_s", "gb_s",
     "bandwidth_gb_s", "bandwidth_share", "time_s", "time_per_epoch_s", "time_per_member_epoch_s",
+    "time_per_epoch_s_min", "time_per_epoch_s_max", "time_per_epoch_s_iqr",
 }
 
 

@@ -25,6 +25,7 @@ from synthetic_results import (
     CUDA_REASON,
     DATASETS,
     decision_logits,
+    environment_frame,
     load_points,
     machine_info,
     matmul_frame,
@@ -82,6 +83,9 @@ def hand_made(tmp_path):
                                  status="unavailable", reason=CUDA_REASON)])
     contract.write(cpu, mm / "cpu.parquet", MATMUL)
     contract.write(cuda, mm / "cuda.parquet", MATMUL)
+    for device in ("cpu", "cuda"):
+        contract.write(environment_frame("matmul", device), mm / f"{device}.environment.parquet",
+                       contract.MATMUL_ENVIRONMENT)
     # A stale file from an earlier config: it must not be read.
     contract.write(cpu.assign(backend="stale"), mm / "old.parquet", MATMUL)
 
@@ -96,11 +100,13 @@ def hand_made(tmp_path):
         "seed": [0, 0, 1, 1, 2, 2], "epoch": [1, 2, 1, 2, 1, 2],
         "loss": [1.0, 0.5, 2.0, 1.5, 3.0, np.inf],  # seed 2 diverges at epoch 2
     })
-    timing_cols = dict(host="h", dataset="toy", width=4, depth=1, n_members=4,
-                       epochs_trained=2000, threads=1, method="ensemble")
+    timing_cols = dict(host="h", dataset="toy", width=4, depth=1, n_members=4, n_windows=5,
+                       epochs_per_window=400, epochs_trained=2000, threads=1, method="ensemble")
     timings_cpu = pd.DataFrame([{**timing_cols, "device": "cpu", "time_s": 2.0,
-                                 "time_per_epoch_s": 1e-3, "time_per_member_epoch_s": 2.5e-4,
-                                 "status": "ok", "reason": ""}])
+                                 "time_per_epoch_s": 1e-3, "time_per_epoch_s_min": 0.9e-3,
+                                 "time_per_epoch_s_max": 1.2e-3, "time_per_epoch_s_iqr": 1e-4,
+                                 "time_per_member_epoch_s": 2.5e-4, "status": "ok",
+                                 "reason": ""}])
     grads = pd.DataFrame({
         "dataset": "toy", "device": "cpu", "width": 4, "depth": 1, "lr": 0.001,
         "seed": [0, 1, 2, 0, 1, 2], "stage": "init", "epochs": 0, "layer": [0, 0, 0, 1, 1, 1],
@@ -112,8 +118,11 @@ def hand_made(tmp_path):
         "epochs": e, "loss": np.nan, "train_acc": np.nan, "test_acc": np.nan,
         "status": "unavailable", "reason": CUDA_REASON} for w, e in ((4, 1000), (4, 2000),
                                                                      (8, 1000))])
-    timings_cuda = pd.DataFrame([{**timing_cols, "device": "cuda", "time_s": np.nan,
-                                  "time_per_epoch_s": np.nan, "time_per_member_epoch_s": np.nan,
+    timings_cuda = pd.DataFrame([{**timing_cols, "device": "cuda", "n_windows": 0,
+                                  "epochs_per_window": 0, "epochs_trained": 0, "time_s": np.nan,
+                                  "time_per_epoch_s": np.nan, "time_per_epoch_s_min": np.nan,
+                                  "time_per_epoch_s_max": np.nan, "time_per_epoch_s_iqr": np.nan,
+                                  "time_per_member_epoch_s": np.nan,
                                   "status": "unavailable", "reason": CUDA_REASON}])
     d_cuda = _write_train_dir(tmp_path / "train/toy/cuda", toy_cuda, timings=timings_cuda)
     # A dataset the config no longer asks for.

@@ -9,7 +9,15 @@ from mlpbench import data
 from mlpbench.contract import TRAIN, write
 from mlpbench.grid import ShapePlan, plan_shapes, resolve_seeds
 from mlpbench.models import MLP
-from mlpbench.training import COLUMNS, lesson_loop, run_training_job
+from mlpbench.training import (
+    COLUMNS,
+    TIMING_WINDOWS,
+    WINDOW_EPOCHS,
+    lesson_loop,
+    run_training_job,
+    window_plan,
+    window_stats,
+)
 
 DEFAULT_TOY = {
     "mode": "sweep",
@@ -80,7 +88,8 @@ def toy_job():
 
 
 def test_job_tables_have_the_contract_columns(toy_job):
-    assert set(toy_job) == {"losses", "metrics", "predictions", "timings", "gradnorms", "decision"}
+    assert set(toy_job) == {"losses", "metrics", "predictions", "timings", "environment",
+                            "gradnorms", "decision"}
     for name, df in toy_job.items():
         extra = ["logit_0", "logit_1", "logit_2"] if name == "decision" else []
         assert list(df.columns) == COLUMNS[name] + extra, name
@@ -107,8 +116,43 @@ def test_job_rows_follow_the_plan(toy_job):
     assert len(timings) == 2 * len(plan) and set(timings.method) == {"ensemble", "loop"}
     assert (timings.threads == 1).all() and (timings.time_s > 0).all()
     ens_rows = timings[timings.method == "ensemble"]
-    per_member_epoch = ens_rows.time_s / ens_rows.epochs_trained / ens_rows.n_members
-    np.testing.assert_allclose(ens_rows.time_per_member_epoch_s, per_member_epoch)
+    np.testing.assert_allclose(ens_rows.time_per_member_epoch_s,
+                               ens_rows.time_per_epoch_s / ens_rows.n_members)
+    # Several windows per timing: a median inside its windows' range, and a spread.
+    assert (timings.n_windows == TIMING_WINDOWS).all() and TIMING_WINDOWS >= 2
+    assert (timings.epochs_trained == timings.n_windows * timings.epochs_per_window).all()
+    assert (timings.time_per_epoch_s_min <= timings.time_per_epoch_s).all()
+    assert (timings.time_per_epoch_s <= timings.time_per_epoch_s_max).all()
+    assert (timings.time_per_epoch_s_iqr >= 0).all()
+    # Windows never run longer than the shape trains (width 8 trains 20 epochs: 5 x 4).
+    for p in plan:
+        rows = timings[(timings.width == p.width) & (timings.depth == p.depth)]
+        assert (rows.epochs_per_window == window_plan(p.max_epochs)[1]).all()
+
+
+def test_window_plan_and_stats():
+    assert window_plan(10000) == (TIMING_WINDOWS, WINDOW_EPOCHS)
+    assert window_plan(20) == (5, 4) and window_plan(3) == (5, 1)
+    with pytest.raises(ValueError, match="max_epochs=0"):
+        window_plan(0)
+    stats = window_stats([0.5, 0.1, 0.2, 0.3, 0.4], 10)
+    assert stats["time_s"] == pytest.approx(1.5)
+    assert stats["time_per_epoch_s"] == pytest.approx(0.03)
+    assert (stats["time_per_epoch_s_min"], stats["time_per_epoch_s_max"]) == \
+        pytest.approx((0.01, 0.05))
+    assert stats["time_per_epoch_s_iqr"] == pytest.approx(0.04 - 0.02)
+    one = window_stats([0.2], 10)  # a single window has a median but no spread
+    assert one["time_per_epoch_s"] == pytest.approx(0.02)
+    assert all(np.isnan(one[k]) for k in ("time_per_epoch_s_min", "time_per_epoch_s_max",
+                                          "time_per_epoch_s_iqr"))
+
+
+def test_job_records_its_environment(toy_job):
+    env = toy_job["environment"]
+    assert list(env.moment) == ["before", "after"]
+    assert set(env.stage) == {"train"} and set(env.dataset) == {"toy"}
+    assert (env.threads == 1).all() and (env.torch_num_threads == 1).all()
+    assert env.time_utc.iloc[0] <= env.time_utc.iloc[1]
 
 
 def test_job_numbers_are_consistent(toy_job):
@@ -167,7 +211,7 @@ def test_job_members_match_the_lesson_loop(toy_job):
 def test_job_reruns_are_identical_bytes(toy_job, tmp_path):
     again = run_training_job("toy", SMALL, "cpu", 1, GRID)
     for name in COLUMNS:
-        if name == "timings":
+        if name in ("timings", "environment"):  # measured, so they differ between runs
             continue
         pd.testing.assert_frame_equal(toy_job[name], again[name])
         write(toy_job[name], tmp_path / f"a_{name}.parquet", TRAIN[name])

@@ -44,6 +44,7 @@ __all__ = [
     "ContractError",
     "FIGURES",
     "MATMUL",
+    "MATMUL_ENVIRONMENT",
     "SUMMARY",
     "SUMMARY_TABLES",
     "TRAIN",
@@ -55,6 +56,7 @@ __all__ = [
     "empty_frame",
     "pandas_dtypes",
     "matmul_bytes",
+    "matmul_environment_file",
     "matmul_flop",
     "read",
     "read_many",
@@ -220,15 +222,75 @@ MATMUL = Table(
     _MATMUL_COLUMNS,
 )
 
+_ENVIRONMENT_COLUMNS = (
+    _HOST,
+    _c("stage", STR, "the timing job: matmul or train"),
+    _c("dataset", STR, "data set of a train job (null for matmul)", None, True),
+    _DEVICE,
+    _c("moment", STR, "before or after the job's timed work"),
+    _c("threads", I64, "the job's own thread count (its rule's threads)", "1"),
+    _c("time_utc", STR, "when the reading was taken (ISO 8601, UTC)"),
+    _c("torch_num_threads", I64, "torch.get_num_threads() in the job", "1"),
+    _c("torch_num_interop_threads", I64, "torch.get_num_interop_threads() in the job", "1"),
+    _c("blas_num_threads", I64, "largest thread count of the loaded BLAS pools "
+                                "(threadpoolctl; null when none is loaded)", "1", True),
+    _c("openmp_num_threads", I64, "largest thread count of the loaded OpenMP pools "
+                                  "(threadpoolctl; null when none is loaded)", "1", True),
+    _c("omp_num_threads", STR, "OMP_NUM_THREADS in the job (null when unset)", None, True),
+    _c("mkl_num_threads", STR, "MKL_NUM_THREADS in the job (null when unset)", None, True),
+    _c("openblas_num_threads", STR, "OPENBLAS_NUM_THREADS in the job (null when unset)", None,
+       True),
+    _c("thread_env_json", STR, "every thread variable of mlpbench.environment.THREAD_ENV_VARS, "
+                               "as JSON"),
+    _c("threadpools_json", STR, "every thread pool threadpoolctl found (api, library, "
+                                "threads), as JSON"),
+    _c("affinity", STR, "CPUs the job may run on, as ranges (e.g. 0-3)", None, True),
+    _c("affinity_count", I64, "number of CPUs the job may run on", "1", True),
+    _c("load_1m", F64, "load average over 1 minute", "1", True),
+    _c("load_5m", F64, "load average over 5 minutes", "1", True),
+    _c("load_15m", F64, "load average over 15 minutes", "1", True),
+    _c("cpu_mhz_mean", F64, "mean current clock of the job's CPUs", "MHz", True),
+    _c("cpu_mhz_min", F64, "lowest current clock of the job's CPUs", "MHz", True),
+    _c("cpu_mhz_max", F64, "highest current clock of the job's CPUs", "MHz", True),
+    _c("cpu_mhz_source", STR, "where the clock was read, or unavailable: why"),
+    _c("gpu_source", STR, "nvml or nvidia-smi (null when not read)", None, True),
+    _c("gpu_sm_clock_mhz", F64, "GPU streaming-multiprocessor clock", "MHz", True),
+    _c("gpu_mem_clock_mhz", F64, "GPU memory clock", "MHz", True),
+    _c("gpu_temperature_c", F64, "GPU temperature", "°C", True),
+    _c("gpu_power_w", F64, "GPU power draw", "W", True),
+    _c("gpu_pstate", STR, "GPU performance state, P0 (fastest) .. P12", None, True),
+    _c("gpu_reason", STR, "why the GPU was not read (empty when it was)"),
+)
+
+def matmul_environment_file(matmul_file: PathLike) -> str:
+    """The environment table written beside a matmul table: ``<stem>.environment.parquet``."""
+    text = os.fspath(matmul_file)
+    if not text.endswith(".parquet"):
+        raise ContractError(f"{text}: not a matmul table (expected a .parquet file)")
+    return text.removesuffix(".parquet") + ".environment.parquet"
+
+
+MATMUL_ENVIRONMENT = Table(
+    "environment", "results/matmul/{device}.environment.parquet", "matmul",
+    "the matmul job's environment: one row before and one after its timed work",
+    _ENVIRONMENT_COLUMNS,
+)
+
 _TIMINGS_COLUMNS = (
     _HOST, _DATASET, _DEVICE, _WIDTH, _DEPTH,
     _c("n_members", I64, "networks trained at once (seeds x learning rates; 1 for the loop)", "1"),
-    _c("epochs_trained", I64, "epochs in the timed run", "1"),
+    _c("n_windows", I64, "timed windows (0 when not timed)", "1"),
+    _c("epochs_per_window", I64, "epochs in each timed window (0 when not timed)", "1"),
+    _c("epochs_trained", I64, "epochs timed, over all windows", "1"),
     _THREADS,
     _c("method", STR, "ensemble (all members batched) or loop (the lesson's loop, one member)"),
-    _c("time_s", F64, "wall time of the timed run (CUDA synchronised)", "s", True),
-    _c("time_per_epoch_s", F64, "time_s / epochs_trained", "s", True),
-    _c("time_per_member_epoch_s", F64, "time_s / epochs_trained / n_members", "s", True),
+    _c("time_s", F64, "wall time of all windows together (CUDA synchronised)", "s", True),
+    _c("time_per_epoch_s", F64, "median over windows of the window's time per epoch", "s", True),
+    _c("time_per_epoch_s_min", F64, "fastest window's time per epoch", "s", True),
+    _c("time_per_epoch_s_max", F64, "slowest window's time per epoch", "s", True),
+    _c("time_per_epoch_s_iqr", F64, "interquartile range of the windows' times per epoch "
+                                    "(NaN below 2 windows)", "s", True),
+    _c("time_per_member_epoch_s", F64, "time_per_epoch_s / n_members", "s", True),
     _STATUS, _REASON,
 )
 
@@ -260,6 +322,9 @@ TRAIN: dict[str, Table] = {
                _c("pred", I64, "predicted class (arg-max of the logits)", "1"))),
         Table("timings", _TRAIN_DIR + "timings.parquet", "train",
               "one row per shape x method", _TIMINGS_COLUMNS),
+        Table("environment", _TRAIN_DIR + "environment.parquet", "train",
+              "the train job's environment: one row before and one after its timed work",
+              _ENVIRONMENT_COLUMNS),
         Table("gradnorms", _TRAIN_DIR + "gradnorms.parquet", "train",
               "one row per member x stage x Linear layer",
               (*_MEMBER,
@@ -397,7 +462,6 @@ SUMMARY: dict[str, Table] = {
             _c("physical_cores", I64, "physical CPU cores", "1", True),
             _c("logical_cores", I64, "logical CPUs", "1", True),
             _c("usable_cores", I64, "CPUs this process may run on", "1", True),
-            _c("threads", I64, "threads the benchmarks used", "1", True),
             _c("gpu_available", BOOL, "whether CUDA was usable", None, True),
             _c("gpu_count", I64, "CUDA devices", "1", True),
             _c("gpu_name", STR, "name of CUDA device 0 (none without one)", None, True),
@@ -412,6 +476,9 @@ SUMMARY: dict[str, Table] = {
             _c("config_json", STR, "the effective config, as JSON", None, True),
             _c("record_json", STR, "the whole record except the config, as JSON"),
         )),
+        _summary("environment", "every row of the timing jobs' environment tables "
+                                "(results/matmul/*.environment.parquet, "
+                                "results/train/*/*/environment.parquet)", _ENVIRONMENT_COLUMNS),
         _summary("findings", "one row per conclusion the report states", (
             _c("finding", STR, "id of the rule that made the finding, e.g. axis_effect"),
             _c("section", STR, "report section: matmul, training, lesson or machine"),
@@ -641,4 +708,4 @@ def describe(table: Table) -> str:
 
 def all_tables() -> Mapping[str, Table]:
     """Every declared table by its path template."""
-    return {t.path: t for t in (MATMUL, *TRAIN.values(), *SUMMARY.values())}
+    return {t.path: t for t in (MATMUL, MATMUL_ENVIRONMENT, *TRAIN.values(), *SUMMARY.values())}

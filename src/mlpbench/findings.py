@@ -84,9 +84,20 @@ RULES = {
                      f"accuracies",
     "grad_ratio": "first-layer over output-layer mean gradient norm at initialisation, "
                   "baseline width and lr, per depth",
-    "cuda_vs_cpu_epoch": "median over shapes of the CPU's ensemble epoch time over CUDA's",
-    "ensemble_gain": "median over shapes of the loop's per-network epoch time over the "
-                     "ensemble's per-member epoch time",
+    "cuda_vs_cpu_epoch": "per shape, CUDA's ensemble epoch time is faster or slower than the "
+                         "CPU's only when the two min-max ranges of their timed windows do not "
+                         "overlap; verdict: the direction every separated shape agrees on "
+                         "(mixed when they disagree, within_spread when no shape is separated); "
+                         "value: median over shapes of the CPU's median time over CUDA's",
+    "ensemble_gain": "per shape, the ensemble's per-member epoch time is faster or slower than "
+                     "the loop's only when the min-max ranges of their timed windows (the "
+                     "ensemble's divided by its members) do not overlap; verdict: the direction "
+                     "every separated shape agrees on (mixed, within_spread otherwise); value: "
+                     "median over shapes of the loop's median over the ensemble's",
+    "epoch_time_step": "one step along width (at the most common depth) or depth (at the most "
+                       "common width): the larger shape's epoch is slower or faster only when "
+                       "the min-max ranges of the two shapes' timed windows do not overlap; "
+                       "within_spread when they overlap, no_spread when either has one window",
     "member_epoch_range": "fastest and slowest ensemble time per member-epoch",
     "matmul_blocks": "fewest and most timer blocks behind one median (products and copies)",
     "seeds": "most seeds trained per configuration of a dataset",
@@ -558,18 +569,111 @@ def _grad_findings(grads, dataset, device, base) -> list[dict]:
     return out
 
 
+def compare_ranges(low_a: float, high_a: float, low_b: float, high_b: float) -> str:
+    """b against a, from the min-max ranges of their timed windows: ``slower`` when every
+    window of b took longer than every window of a (low_b > high_a), ``faster`` when every
+    window of b was quicker (high_b < low_a), ``within_spread`` when the ranges overlap, and
+    ``no_spread`` when either range is unknown (NaN: a single window)."""
+    if not _finite(low_a, high_a, low_b, high_b):
+        return "no_spread"
+    if low_b > high_a:
+        return "slower"
+    if high_b < low_a:
+        return "faster"
+    return "within_spread"
+
+
+def _direction(verdicts: list[str], faster: str, slower: str) -> str:
+    """One verdict from per-shape comparisons: the direction every separated shape agrees on."""
+    n_faster, n_slower = verdicts.count("faster"), verdicts.count("slower")
+    if n_faster and n_slower:
+        return "mixed"
+    return faster if n_faster else slower if n_slower else "within_spread"
+
+
+def _counts(verdicts: list[str]) -> dict[str, int]:
+    return {f"n_{v}": verdicts.count(v) for v in ("faster", "slower", "within_spread",
+                                                  "no_spread")}
+
+
+_RANGE = ("time_per_epoch_s_min", "time_per_epoch_s_max")
+
+
+def _cuda_vs_cpu(ens: pd.DataFrame) -> list[dict]:
+    cuda = ens[ens["device"] == "cuda"]
+    if not len(cuda):
+        return []
+    keys = ["dataset", "width", "depth"]
+    cpu = ens[ens["device"] == "cpu"]
+    pair = cuda.merge(cpu[[*keys, *_RANGE]], on=keys, suffixes=("", "_cpu"))
+    ratio = cuda["speedup_vs_cpu"].median()
+    if not len(pair) or not math.isfinite(ratio):
+        return [_row("cuda_vs_cpu_epoch", "training", "ensemble epoch, CUDA vs CPU",
+                     "not_comparable", {"n_shapes": len(cuda)}, device="cuda", value=ratio,
+                     reference_value=1.0, unit="ratio")]
+    verdicts = [compare_ranges(r["time_per_epoch_s_min_cpu"], r["time_per_epoch_s_max_cpu"],
+                               r["time_per_epoch_s_min"], r["time_per_epoch_s_max"])
+                for _, r in pair.iterrows()]
+    verdict = _direction(verdicts, "gpu_faster", "gpu_slower")
+    return [_row("cuda_vs_cpu_epoch", "training", "ensemble epoch, CUDA vs CPU", verdict,
+                 {"n_shapes": len(pair), **_counts(verdicts)}, device="cuda", value=ratio,
+                 reference_value=1.0, unit="ratio")]
+
+
+def _ensemble_gain(ens: pd.DataFrame, loop: pd.DataFrame) -> list[dict]:
+    keys = ["dataset", "device", "width", "depth"]
+    pair = ens.merge(loop, on=keys, suffixes=("_ens", "_loop"))
+    if not len(pair):
+        return []
+    gain = (pair["time_per_member_epoch_s_loop"] / pair["time_per_member_epoch_s_ens"]).median()
+    members = pair["n_members_ens"].astype(float)
+    verdicts = [compare_ranges(lo_l, hi_l, lo_e / n, hi_e / n) for lo_l, hi_l, lo_e, hi_e, n in zip(
+        pair["time_per_epoch_s_min_loop"], pair["time_per_epoch_s_max_loop"],
+        pair["time_per_epoch_s_min_ens"], pair["time_per_epoch_s_max_ens"], members)]
+    verdict = _direction(verdicts, "ensemble_faster", "ensemble_slower")
+    return [_row("ensemble_gain", "training", "ensemble vs the lesson's loop", verdict,
+                 {"n_pairs": len(pair), "max_members": int(ens["n_members"].max()),
+                  **_counts(verdicts)},
+                 value=gain, reference_value=1.0, unit="ratio")]
+
+
+def _most_common(values: pd.Series) -> Any:
+    counts = values.value_counts()
+    return min(counts[counts == counts.max()].index)
+
+
+def _shape_steps(ok: pd.DataFrame) -> list[dict]:
+    """Consecutive widths (at the most common depth) and depths (at the most common width)."""
+    out = []
+    for (dataset, device, method), d in ok.groupby(["dataset", "device", "method"], sort=True):
+        for axis, other in (("width", "depth"), ("depth", "width")):
+            fixed = _most_common(d[other])
+            line = (d[d[other] == fixed].groupby(axis)
+                    .agg(median=("time_per_epoch_s", "median"),
+                         low=("time_per_epoch_s_min", "min"),
+                         high=("time_per_epoch_s_max", "max"))
+                    .sort_index())
+            steps = list(line.itertuples())
+            for a, b in zip(steps, steps[1:]):
+                verdict = compare_ranges(a.low, a.high, b.low, b.high)
+                out.append(_row(
+                    "epoch_time_step", "training",
+                    f"{method}: {axis} {int(a.Index)} to {int(b.Index)}", verdict,
+                    {"method": method, "axis": axis, "from": int(a.Index), "to": int(b.Index),
+                     other: int(fixed), "from_range_s": [a.low, a.high],
+                     "to_range_s": [b.low, b.high]},
+                    dataset=dataset, device=device, value=b.median, reference_value=a.median,
+                    unit="s"))
+    return out
+
+
 def epoch_time_findings(times: pd.DataFrame) -> list[dict]:
+    """Findings on training epoch times: every comparison uses the spread of the windows
+    (``compare_ranges``), never the medians alone. ``times`` is the ``epoch_time`` table."""
     out = []
     ok = times[times["status"] == "ok"]
     ens = ok[ok["method"] == "ensemble"]
-    cuda = ens[ens["device"] == "cuda"]
-    if len(cuda):
-        ratio = cuda["speedup_vs_cpu"].median()
-        verdict = ("not_comparable" if not math.isfinite(ratio) else
-                   "gpu_faster" if ratio >= 1 else "gpu_slower")
-        out.append(_row("cuda_vs_cpu_epoch", "training", "ensemble epoch, CUDA vs CPU", verdict,
-                        {"n_shapes": len(cuda)}, device="cuda", value=ratio,
-                        reference_value=1.0, unit="ratio"))
+    out += _cuda_vs_cpu(ens)
     if len(ens):
         out.append(_row("member_epoch_range", "training", "ensemble time per member-epoch",
                         "measured", {"n_rows": len(ens),
@@ -578,15 +682,8 @@ def epoch_time_findings(times: pd.DataFrame) -> list[dict]:
                         reference_value=ens["time_per_member_epoch_s"].max(), unit="s"))
     loop = ok[ok["method"] == "loop"]
     if len(ens) and len(loop):
-        keys = ["dataset", "device", "width", "depth"]
-        pair = ens.merge(loop, on=keys, suffixes=("_ens", "_loop"))
-        if len(pair):
-            gain = (pair["time_per_member_epoch_s_loop"]
-                    / pair["time_per_member_epoch_s_ens"]).median()
-            out.append(_row("ensemble_gain", "training", "ensemble vs the lesson's loop",
-                            "ensemble_faster" if gain >= 1 else "ensemble_slower",
-                            {"n_pairs": len(pair), "max_members": int(ens["n_members"].max())},
-                            value=gain, reference_value=1.0, unit="ratio"))
+        out += _ensemble_gain(ens, loop)
+    out += _shape_steps(ok)
     return out
 
 

@@ -1,4 +1,9 @@
-"""Provenance: what machine, libraries, threads and config produced a set of results.
+"""Provenance: what machine, libraries and config produced a set of results.
+
+The record keeps static facts only: what stays the same from one job to the next on this
+machine. Thread counts, thread variables, load and clocks belong to each timing job and are
+read by it while it measures (:mod:`mlpbench.environment`); the job that writes this record
+runs with its own threads, not the benchmarks'.
 
 Every collector degrades to ``None`` (or a "none" string with a reason) instead of raising, so a
 missing GPU, git or package never stops the pipeline.
@@ -22,15 +27,13 @@ from mlpbench.config import config_hash as _hash_of
 from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.config import machine_id
 
-__all__ = ["BLAS_ENV_VARS", "KEYS", "collect", "machine_id"]
+__all__ = ["KEYS", "collect", "machine_id"]
 
 KEYS = (
     "host", "machine_id", "cpu_model", "physical_cores", "logical_cores", "usable_cores",
-    "threads", "blas", "blas_env", "gpu", "versions", "git_commit", "git_dirty", "config_hash",
-    "config", "created_utc",
+    "blas", "gpu", "versions", "git_commit", "git_dirty", "config_hash", "config",
+    "created_utc",
 )
-# Thread counts and core-type overrides that change what BLAS does; recorded, never changed.
-BLAS_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 _PACKAGES = {  # key in the record -> distribution name (torch: its own __version__, see below)
     "numpy": "numpy", "pandas": "pandas", "snakemake": "snakemake",
     "sklearn": "scikit-learn", "matplotlib": "matplotlib", "threadpoolctl": "threadpoolctl",
@@ -38,18 +41,15 @@ _PACKAGES = {  # key in the record -> distribution name (torch: its own __versio
 
 
 def collect(
-    threads: int, config_hash: str, config: dict | None = None, *,
+    config_hash: str, config: dict | None = None, *,
     explicit_id: str | None = None, repo_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The machine record, JSON-serialisable, with the keys in ``KEYS``.
 
-    ``threads`` is the thread count the benchmarks used (torch and NumPy's BLAS alike);
     ``config``, when given, is stored and must hash to ``config_hash``; ``explicit_id`` is the
     config's ``machine_id`` (None: the sanitised hostname); ``repo_dir`` (default: the working
     directory) is where git is asked for the commit, None outside a repository.
     """
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: got {threads!r}; allowed: an integer >= 1")
     if config is not None and config_hash != _hash_of(config):
         raise ValueError(
             f"config_hash: got {config_hash!r}; allowed: the hash of the config passed with it "
@@ -65,9 +65,7 @@ def collect(
         "physical_cores": physical,
         "logical_cores": logical,
         "usable_cores": _usable_cores(logical),
-        "threads": threads,
         "blas": {"numpy": _numpy_blas(pools), "torch": _torch_blas(), "threadpools": pools},
-        "blas_env": {var: os.environ.get(var) for var in BLAS_ENV_VARS},
         "gpu": _gpu(),
         "versions": _versions(),
         "git_commit": _git(repo, "rev-parse", "HEAD"),
@@ -130,7 +128,8 @@ _POOL_ORDER = ("user_api", "internal_api", "prefix", "filepath", "version")
 
 
 def _threadpools() -> list[dict[str, Any]]:
-    """Every BLAS and OpenMP library threadpoolctl finds loaded in this process.
+    """Every BLAS and OpenMP library threadpoolctl finds loaded in this process, without its
+    thread count (this process's, not a benchmark's: see mlpbench.environment).
 
     Sorted by API, implementation, prefix and file path: threadpoolctl lists libraries in the
     order the process happened to load them, which changes with import order, so the raw list
@@ -138,8 +137,7 @@ def _threadpools() -> list[dict[str, Any]]:
     """
     import numpy  # noqa: F401  (make sure NumPy's BLAS is loaded before asking)
 
-    keep = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture",
-            "threading_layer")
+    keep = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer")
     out = []
     for lib in threadpool_info():
         entry = {key: lib.get(key) for key in keep}
@@ -155,7 +153,7 @@ def _numpy_blas(pools: list[dict[str, Any]]) -> dict[str, Any]:
                                   Path(p["filepath"] or "").parts)]
     chosen = (own or blas or [None])[0]
     if chosen is None:
-        return {"internal_api": "none", "version": None, "num_threads": None,
+        return {"internal_api": "none", "version": None,
                 "architecture": None, "threading_layer": None, "prefix": None, "filename": None}
     entry = {k: v for k, v in chosen.items() if k not in ("user_api", "filepath")}
     entry["filename"] = Path(chosen["filepath"] or "").name or None
@@ -189,8 +187,6 @@ def _torch_blas() -> dict[str, Any]:
         mkl_available=torch.backends.mkl.is_available(),
         mkldnn_available=torch.backends.mkldnn.is_available(),
         openmp_available=torch.backends.openmp.is_available(),
-        num_threads=torch.get_num_threads(),
-        num_interop_threads=torch.get_num_interop_threads(),
     )
     return info
 

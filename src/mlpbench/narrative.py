@@ -16,10 +16,10 @@ from typing import Any
 import pandas as pd
 
 from mlpbench.findings import axis_rows
-from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, VERDICT_WORDS,
-                              axis_span, axis_value, blas_text, ci_text, dataset_order,
-                              dataset_intro, dataset_title, device_name, fmt_time, network, num,
-                              pct, plural, series_label, times, why)
+from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, SPREAD_WORDS, VERDICT_WORDS,
+                              axis_span, axis_value, blas_text, ci_text, dataset_intro,
+                              dataset_order, dataset_title, device_name, fmt_time, network, num,
+                              pct, plural, series_label, spread_time, times, why)
 from mlpbench.tables import epoch_time_by_shape
 
 
@@ -35,6 +35,8 @@ class Story:
         self.findings = tables["findings"]
         self.mm, self.lesson = tables["matmul"], tables["lesson_reference"]
         self.summary, self.times = tables["train_summary"], tables["epoch_time"]
+        # The timing jobs' own readings (threads, load, clocks); absent in older result sets.
+        self.env = tables.get("environment", pd.DataFrame(columns=["stage", "moment"]))
         self.machines = [{"machine_id": i, **json.loads(r)} for i, r in
                          zip(tables["machine"]["machine_id"], tables["machine"]["record_json"])]
         self.machine = self.machines[0] if self.machines else {}
@@ -526,27 +528,76 @@ class Story:
             out.append(
                 f"Across the {gpu['ev']['n_shapes']} combinations of dataset and shape, the "
                 f"median CUDA epoch took {times(1 / gpu['value'])} the CPU's time for the same "
-                f"ensemble. "
+                f"ensemble. " + self._separation(gpu, "CUDA", "the CPU") + " "
                 + ("The GPU is slower here because these networks are tiny: an epoch is a "
                    "handful of small kernels, and the fixed cost of launching each one "
                    "outweighs the arithmetic." if gpu["verdict"] == "gpu_slower" else
                    "The GPU is faster here: batching all seeds into one ensemble gives each "
-                   "kernel enough work to outweigh the fixed cost of launching it."))
+                   "kernel enough work to outweigh the fixed cost of launching it."
+                   if gpu["verdict"] == "gpu_faster" else ""))
         if spread:
             out.append(f"One epoch trains every seed of a shape together as one batched "
                        f"ensemble ({plural(spread['ev']['max_members'], 'member')} at most); per "
                        f"member, an epoch took between {fmt_time(spread['value'])} and "
                        f"{fmt_time(spread['reference_value'])}.")
         if gain:
-            faster = gain["verdict"] == "ensemble_faster"
+            faster = gain["value"] >= 1
             out.append(
                 f"Against the lesson's own loop, which trains one network at a time, the "
-                f"ensemble trains each network "
+                f"ensemble's median time per member-epoch is "
                 f"{times(gain['value'] if faster else 1 / gain['value'])} "
-                f"{'faster' if faster else 'slower'} per epoch (median over the "
+                f"{'faster' if faster else 'slower'} (median over the "
                 f"{gain['ev']['n_pairs']} combinations of dataset, device and shape timed both "
-                f"ways)" + (f": that is what makes {plural(gain['ev']['max_members'], 'seed')} "
-                            f"per configuration affordable." if faster else "."))
+                f"ways). " + self._separation(gain, "the ensemble", "the loop")
+                + (f" That is what makes {plural(gain['ev']['max_members'], 'seed')} per "
+                   f"configuration affordable." if gain["verdict"] == "ensemble_faster" else ""))
+        out += self.epoch_step_sentences()
+        return out
+
+    @staticmethod
+    def _separation(f: dict, this: str, that: str) -> str:
+        """How many shapes' timed windows separate ``this`` from ``that`` (a finding's counts)."""
+        ev = f["ev"]
+        n = ev.get("n_shapes", ev.get("n_pairs", 0))
+        if not n:
+            return ""
+        counts = [(ev.get("n_faster", 0), "faster"), (ev.get("n_slower", 0), "slower"),
+                  (ev.get("n_within_spread", 0), "within the spread"),
+                  (ev.get("n_no_spread", 0), "not comparable (a single window)")]
+        said = [f"{word} in {k}" for k, word in counts if k]
+        tail = {"mixed": ", so the direction depends on the shape",
+                "within_spread": ", so this run cannot tell them apart"}.get(f["verdict"], "")
+        return (f"Judged by the spread of the timed windows (different only when the fastest-to-"
+                f"slowest ranges do not overlap), {this} was " + ", ".join(said)
+                + f" of the {n} comparisons with {that}{tail}.")
+
+    def epoch_step_sentences(self) -> list[str]:
+        """Per dataset (and device), which steps in width or depth changed the ensemble's epoch
+        time beyond the spread of the timed windows (findings ``epoch_time_step``)."""
+        out = []
+        steps = [r for r in self.find("epoch_time_step") if r["ev"]["method"] == "ensemble"]
+        for name in dataset_order({r["dataset"] for r in steps}):
+            for device in sorted({r["device"] for r in steps if r["dataset"] == name}):
+                mine = [r for r in steps if r["dataset"] == name and r["device"] == device]
+                apart = [f"{r['ev']['axis']} {r['ev']['from']} → {r['ev']['to']} "
+                         f"({r['verdict']}: {fmt_time(r['reference_value'])} → "
+                         f"{fmt_time(r['value'])})" for r in mine
+                         if r["verdict"] in ("slower", "faster")]
+                close = [f"{r['ev']['axis']} {r['ev']['from']} → {r['ev']['to']}" for r in mine
+                         if r["verdict"] == "within_spread"]
+                lone = [r for r in mine if r["verdict"] == "no_spread"]
+                text = (f"{dataset_title(name)}, {device_name(device)}: "
+                        + ("these steps in width or depth changed the ensemble's epoch time "
+                           "beyond the spread of the timed windows: " + "; ".join(apart)
+                           if apart else
+                           "no step in width or depth changed the ensemble's epoch time "
+                           "beyond the spread of the timed windows")
+                        + (f". {SPREAD_WORDS['within_spread'].capitalize()}, so not called "
+                           f"different: " + ", ".join(close) if close else "")
+                        + (f". {plural(len(lone), 'step')} had a single window and "
+                           f"{'is' if len(lone) == 1 else 'are'} not compared" if lone else "")
+                        + ".")
+                out.append(text)
         return out
 
     def epoch_time_table(self) -> pd.DataFrame:
@@ -562,9 +613,14 @@ class Story:
                 columns[device_name(device)] = status  # one column saying so; reason in prose
                 continue
             for col, head in heads.items():
-                columns[f"{device_name(device)} {head}"] = [
-                    fmt_time(t) if s == "ok" else s
-                    for t, s in zip(by_shape[f"{device}_{col}"], status)]
+                ranged = f"{device}_{col}_min" in by_shape
+                columns[f"{device_name(device)} {head}" + (", median (range)" if ranged else "")] = [
+                    (spread_time(t, lo, hi) if ranged else fmt_time(t)) if s == "ok" else s
+                    for t, lo, hi, s in zip(
+                        by_shape[f"{device}_{col}"],
+                        by_shape.get(f"{device}_{col}_min", by_shape[f"{device}_{col}"]),
+                        by_shape.get(f"{device}_{col}_max", by_shape[f"{device}_{col}"]),
+                        status)]
         return pd.DataFrame(columns)
 
     # ------------------------------------------------------------------ method, environment
@@ -603,6 +659,7 @@ class Story:
                + " per product, after warm-up). With few blocks the interquartile range, kept "
                "in the tables, says little: raise `matmul.min_run_time_s` for a tighter spread."
                if blocks else "."),
+            self.training_timing_item(),
             "**CUDA synchronisation.** GPU timings wait for the device before the clock is "
             "read, so they time the finished work; the lesson's `%timeit` did not.",
             f"**Threads.** Matrix products on the CPU were timed with {self.threads('matmul')} "
@@ -623,12 +680,71 @@ class Story:
             "with the rule it applied and its evidence, is a row of `tables/findings.csv`.",
             "**No overlapping timings.** The workflow runs every job that measures time alone, "
             "so no benchmark shares the cores with another job.",
+            "**Environment.** Each timing job reads its own threads, thread pools, thread "
+            "variables, CPU affinity, load average and clocks (and, on CUDA, the GPU's clocks, "
+            "temperature and power) just before and just after its timed work; the Environment "
+            "section shows them and `tables/environment.csv` keeps every reading.",
         ]
         return "\n".join(f"- {i}" for i in items)
 
+    def training_timing_item(self) -> str:
+        ok = self.times[self.times["status"] == "ok"] if "n_windows" in self.times else None
+        if ok is None or not len(ok):
+            return "**Training timings.** No training epoch was timed in this run."
+        windows = sorted({int(n) for n in ok["n_windows"]})
+        epochs = sorted({int(n) for n in ok["epochs_per_window"]})
+        return ("**Training timings.** Each shape's ensemble, and the lesson's loop for one of "
+                "its networks, was timed in " + " or ".join(map(str, windows))
+                + " separate windows of "
+                + (str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}")
+                + " epochs each (after an untimed warm-up, from the shape's initial weights). "
+                "Times per epoch are the median over windows, shown with the range from the "
+                "fastest to the slowest window; two times are called different only when those "
+                "ranges do not overlap.")
+
+    def environment_jobs(self) -> pd.DataFrame:
+        """One row per timing job: what it read about itself before → after its timed work."""
+        env = self.env
+        if not len(env) or "threads" not in env:
+            return pd.DataFrame({"job": ["no environment recorded"]})
+
+        def pair(b: Any, a: Any, fmt=lambda v: "n/a" if pd.isna(v) else str(v)) -> str:
+            return fmt(b) if fmt(b) == fmt(a) else f"{fmt(b)} → {fmt(a)}"
+
+        rows = []
+        keys = ["stage", "dataset", "device"]
+        for (_, dataset, device), d in env.fillna({"dataset": ""}).groupby(keys, sort=False):
+            b = d[d["moment"] == "before"].iloc[0]
+            a = d[d["moment"] == "after"].iloc[-1]
+            var = {k: v for k, v in json.loads(b["thread_env_json"]).items()
+                   if k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+            gpu = ("—" if device != "cuda" else
+                   f"{b['gpu_reason']}" if b["gpu_reason"] else
+                   f"SM {pair(b['gpu_sm_clock_mhz'], a['gpu_sm_clock_mhz'], num)} MHz, "
+                   f"{pair(b['gpu_temperature_c'], a['gpu_temperature_c'], num)} °C, "
+                   f"{pair(b['gpu_power_w'], a['gpu_power_w'], num)} W, {b['gpu_pstate']} "
+                   f"({b['gpu_source']})")
+            rows.append({
+                "job": f"{b['stage']} {dataset} {device}".replace("  ", " "),
+                "threads (job)": int(b["threads"]),
+                "torch threads": pair(b["torch_num_threads"], a["torch_num_threads"]),
+                "BLAS / OpenMP pool threads": (
+                    f"{pair(b['blas_num_threads'], a['blas_num_threads'])} / "
+                    f"{pair(b['openmp_num_threads'], a['openmp_num_threads'])}"),
+                "thread variables": ", ".join(f"{k}={v if v is not None else 'unset'}"
+                                              for k, v in var.items()),
+                "CPUs": b["affinity"] if pd.notna(b["affinity"]) else "n/a",
+                "load (1 min)": pair(b["load_1m"], a["load_1m"], lambda v: num(v, 2)),
+                "CPU clock (MHz, mean)": pair(b["cpu_mhz_mean"], a["cpu_mhz_mean"],
+                                              lambda v: num(v, 4)),
+                "GPU": gpu,
+            })
+        return pd.DataFrame(rows).astype(str)
+
     def environment_tables(self) -> list[pd.DataFrame]:
         timing = (f"matrix products: {self.threads('matmul')} (torch and NumPy's BLAS, set for "
-                  f"every timing); training: {self.threads('training')}")
+                  f"every timing); training: {self.threads('training')}; what each timing job "
+                  f"read about itself is in the next table")
         out = []
         for m in self.machines:
             gpu, blas, versions = m.get("gpu") or {}, m.get("blas") or {}, m.get("versions") or {}
@@ -651,4 +767,5 @@ class Story:
                 ("recorded (UTC)", m.get("created_utc")),
             ]
             out.append(pd.DataFrame(rows, columns=["item", "value"]).astype(str))
+        out.append(self.environment_jobs())
         return out

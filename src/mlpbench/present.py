@@ -52,6 +52,28 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
+def spread_time(median: float, low: float, high: float) -> str:
+    """A median time with the range of its timed windows: '512 µs (498–530 µs)'; the median
+    alone ('512 µs, one window') when the range is unknown (a single window)."""
+    if not finite(median):
+        return "n/a"
+    if not (finite(low) and finite(high)):
+        return f"{fmt_time(median)}, one window"
+    lo, hi = fmt_time(low), fmt_time(high)
+    unit_lo, unit_hi = lo.rsplit(" ", 1)[-1], hi.rsplit(" ", 1)[-1]
+    span = f"{lo.rsplit(' ', 1)[0]}–{hi}" if unit_lo == unit_hi else f"{lo}–{hi}"
+    return f"{fmt_time(median)} ({span})"
+
+
+# What an epoch-time comparison's verdict (mlpbench.findings.compare_ranges) means, in words.
+SPREAD_WORDS = {
+    "slower": "slower beyond the spread of the timed windows",
+    "faster": "faster beyond the spread of the timed windows",
+    "within_spread": "within the spread of the timed windows",
+    "no_spread": "not comparable, as a single window has no spread",
+}
+
+
 def pct(x: float, digits: int = 1) -> str:
     """A fraction as a percentage: pct(0.4567) == '45.7%'."""
     return "n/a" if not finite(x) else f"{float(x) * 100:.{digits}f}%"
@@ -155,8 +177,8 @@ LIBRARY_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS", "accelera
 
 def blas_text(info: Any, library: str) -> str:
     """A machine record's BLAS entry for ``library`` ('numpy' or 'torch'), in words: the
-    library, its version and the kernels it picked (not NumPy's thread count, which is the
-    recording process's default rather than what the timings used)."""
+    library, its version and the kernels it picked (thread counts are not part of the machine
+    record: each timing job records its own, see mlpbench.environment)."""
     if isinstance(info, list):
         info = info[0] if info else {}
     info = info or {}

@@ -49,7 +49,9 @@ Tables and their columns
 ``epoch_time``
     Every row of ``timings.parquet`` (columns declared in ``mlpbench.contract.TRAIN``)
     including ``unavailable`` rows, plus ``speedup_vs_cpu``: the CPU's
-    time per epoch for the same host, dataset, shape and method divided by this row's.
+    time per epoch for the same host, dataset, shape and method divided by this row's. Each
+    row's ``time_per_epoch_s`` is the median over its timed windows; ``time_per_epoch_s_min``,
+    ``_max`` and ``_iqr`` are the windows' spread (NaN from a single window).
 
 ``grad_norms``
     One row per dataset x device x width x depth x lr x stage x layer: n_seeds (finite
@@ -81,6 +83,13 @@ Tables and their columns
     record (without the config) as ``record_json`` (BLAS details and package versions are
     read from there).
 
+``environment``
+    Every row of the timing jobs' environment tables (``results/matmul/<device>.environment
+    .parquet`` beside each matmul table, ``environment.parquet`` of each training job): two
+    rows per job, ``before`` and ``after`` its timed work, with the threads, thread pools,
+    thread variables, affinity, load, CPU clock and GPU state that job saw (see
+    :mod:`mlpbench.environment`). Ordered by stage (matmul, train), dataset, device, moment.
+
 ``findings``
     One row per conclusion the report states (see ``mlpbench.contract.SUMMARY["findings"]``).
 
@@ -100,7 +109,16 @@ import numpy as np
 import pandas as pd
 
 from mlpbench import contract
-from mlpbench.contract import MATMUL, SUMMARY, SUMMARY_TABLES, TRAIN, matmul_bytes, matmul_flop
+from mlpbench.contract import (
+    MATMUL,
+    MATMUL_ENVIRONMENT,
+    SUMMARY,
+    SUMMARY_TABLES,
+    TRAIN,
+    matmul_bytes,
+    matmul_environment_file,
+    matmul_flop,
+)
 from mlpbench.io import write_csv_atomic
 
 PathLike = str | os.PathLike
@@ -355,6 +373,21 @@ def epoch_time_table(timings: pd.DataFrame) -> pd.DataFrame:
                           kind="stable").reset_index(drop=True)
 
 
+def environment_table(matmul_env: pd.DataFrame, train_env: pd.DataFrame) -> pd.DataFrame:
+    """The timing jobs' environment rows, matmul jobs first, then training jobs; within a
+    stage by dataset, device and moment (before, then after)."""
+    parts = [df for df in (matmul_env, train_env) if len(df)]
+    if not parts:
+        return contract.empty_frame(SUMMARY["environment"])
+    df = pd.concat(parts, ignore_index=True)
+    order = {"matmul": 0, "train": 1}
+    df["_stage"] = df["stage"].map(lambda s: order.get(s, len(order)))
+    df["_moment"] = (df["moment"] != "before").astype(int)
+    df["_dataset"] = df["dataset"].fillna("")
+    df = df.sort_values(["_stage", "_dataset", "device", "_moment"], kind="stable")
+    return df.drop(columns=["_stage", "_moment", "_dataset"]).reset_index(drop=True)
+
+
 def grad_norms_table(grads: pd.DataFrame) -> pd.DataFrame:
     keys = [*SHAPE, "stage", "epochs", "layer"]
     g = grads.copy()
@@ -381,9 +414,12 @@ def epoch_time_by_shape(epoch_time: pd.DataFrame) -> pd.DataFrame:
 
     Columns: dataset, width, depth, n_members (of the ensemble), and for each device ``d``
     in the table (cpu first, then cuda, then any other): ``d_ensemble_time_per_epoch_s``,
-    ``d_ensemble_time_per_member_epoch_s``, ``d_loop_time_per_epoch_s`` (NaN where that
-    timing is not ``ok``), ``d_status`` (``ok`` when the ensemble was timed, else its status)
-    and ``d_reason`` ("" when ok). Several hosts' rows are combined by their median.
+    ``d_ensemble_time_per_member_epoch_s``, ``d_loop_time_per_epoch_s`` (medians over the
+    timed windows; NaN where that timing is not ``ok``), the windows' range of the two
+    per-epoch times as ``d_ensemble_time_per_epoch_s_min``/``_max`` and
+    ``d_loop_time_per_epoch_s_min``/``_max`` (NaN from a single window), ``d_status`` (``ok``
+    when the ensemble was timed, else its status) and ``d_reason`` ("" when ok). Several hosts'
+    rows are combined by their median (ranges: the smallest minimum, the largest maximum).
     """
     keys = ["dataset", "width", "depth"]
     if epoch_time.empty:
@@ -402,6 +438,11 @@ def epoch_time_by_shape(epoch_time: pd.DataFrame) -> pd.DataFrame:
         ):
             rows = ok[(ok["device"] == device) & (ok["method"] == method)]
             times.append(rows.groupby(keys)[column].median().rename(f"{device}_{name}"))
+            if column == "time_per_epoch_s":
+                times.append(rows.groupby(keys)["time_per_epoch_s_min"].min()
+                             .rename(f"{device}_{name}_min"))
+                times.append(rows.groupby(keys)["time_per_epoch_s_max"].max()
+                             .rename(f"{device}_{name}_max"))
         state = ens[ens["device"] == device].groupby(keys).agg(
             status=("status", lambda s: "ok" if (s == "ok").any() else s.iloc[0]),
             reason=("reason", lambda r: "" if r.isna().all() else str(r.dropna().iloc[0])),
@@ -578,6 +619,10 @@ def build_tables(
         "decision_regions": decision_regions_table(summary, metrics, train_dirs),
         "data_points": data_points_table(datasets_cfg, points_loader),
         "machine": machine_table(machine_files),
+        # Written by the same job as each matmul table, beside it.
+        "environment": environment_table(
+            _read_many([matmul_environment_file(f) for f in matmul_files], MATMUL_ENVIRONMENT),
+            _read_train(train_dirs, "environment")),
     }
     # The conclusions are computed from the tables above (mlpbench.findings imports this module).
     from mlpbench.findings import findings_table

@@ -16,10 +16,18 @@ columns, types and units are declared in :data:`mlpbench.contract.TRAIN` (write 
   every checkpoint ``epochs`` of each shape, so a figure can show any network at exactly the
   epoch count its metrics describe (members diverged by then left out). Rows are ordered by
   checkpoint, then member, then grid point (x0 fastest).
-* ``timings``: wall time of each shape's ensemble (CUDA synchronised, a short warm-up first)
-  and, for comparison, the lesson's loop for one member over at most ``LOOP_TIMING_EPOCHS``
-  epochs. Timings are the only columns that differ between reruns; on the CPU every other
-  table is identical from run to run.
+* ``timings``: time per epoch of each shape's ensemble and, for comparison, of the lesson's
+  loop for one member, each from ``TIMING_WINDOWS`` timed windows of ``WINDOW_EPOCHS`` epochs
+  (fewer when the shape trains fewer epochs), after a short untimed warm-up; CUDA is
+  synchronised around every window. The row keeps the median over windows and their spread
+  (min, max, interquartile range; NaN from a single window). The windows are separate short
+  runs from the shape's initial weights, after the training that gives the other tables.
+* ``environment``: what was in effect while the job measured (threads, thread pools, thread
+  variables, affinity, load, clocks; see :mod:`mlpbench.environment`), read before the first
+  and after the last timed window.
+
+Timings and the environment are the only columns that differ between reruns; on the CPU
+every other table is identical from run to run.
 """
 
 from __future__ import annotations
@@ -35,20 +43,32 @@ import torch
 from torch import nn
 
 from mlpbench.config import machine_id
-from mlpbench.contract import TRAIN, pandas_dtypes
+from mlpbench.contract import TRAIN, pandas_dtypes, to_arrow
 from mlpbench.devices import cuda_unavailable_reason, sync
+from mlpbench.environment import environment_rows, snapshot
 from . import data as datamod
 from . import ensemble as ens
 from .grid import ShapePlan, plan_shapes, resolve_seeds
 
 __all__ = [
     "COLUMNS",
-    "LOOP_TIMING_EPOCHS",
+    "TIMING_WINDOWS",
+    "WINDOW_EPOCHS",
     "lesson_loop",
     "run_training_job",
+    "window_plan",
+    "window_stats",
 ]
 
-LOOP_TIMING_EPOCHS = 200  # enough for a stable per-epoch time of the one-model loop
+# Each timing is TIMING_WINDOWS windows of WINDOW_EPOCHS epochs. Five windows give a median
+# that one disturbed window (another process, a clock change) cannot move, and a min-max range
+# and IQR that show how far the machine let the timing wander. 5 x 20 epochs keeps the run
+# time of the default pipeline where it was: the loop's single 200-epoch timing became 100
+# epochs, which pays for the ensemble's 100 new timed epochs (on a 2-core laptop an ensemble
+# epoch costs about what a loop epoch does). The shortest windows (toy, width 4) still last
+# milliseconds, far above the clock's resolution.
+TIMING_WINDOWS = 5
+WINDOW_EPOCHS = 20
 WARMUP_EPOCHS = 3  # untimed, so one-off costs (allocator, BLAS/cuBLAS set-up) stay out of timings
 
 COLUMNS: dict[str, list[str]] = {name: table.column_names for name, table in TRAIN.items()}
@@ -105,6 +125,12 @@ def _frame(name: str, columns: Mapping[str, Any], extra: list[str] = ()) -> pd.D
     return df.astype({c: dtypes[c] for c in order})
 
 
+def _environment_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The environment rows with the contract's columns and types (nulls stay nulls)."""
+    table = TRAIN["environment"]
+    return to_arrow(pd.DataFrame(rows, columns=table.column_names), table).to_pandas()
+
+
 def _empty(name: str, n_classes: int = 0) -> pd.DataFrame:
     count = n_classes if name == "decision" else 0
     return pd.DataFrame({c: pd.Series(dtype=dt)
@@ -128,9 +154,12 @@ def _unavailable_tables(
     timings = _frame("timings", {
         "host": [machine_id(None)] * k, "dataset": [dataset] * k, "device": [device] * k,
         "width": [p.width for p in plan], "depth": [p.depth for p in plan],
-        "n_members": [n_seeds * len(p.lrs) for p in plan], "epochs_trained": [p.max_epochs for p in plan],
+        "n_members": [n_seeds * len(p.lrs) for p in plan], "n_windows": [0] * k,
+        "epochs_per_window": [0] * k, "epochs_trained": [0] * k,
         "threads": [threads] * k, "method": ["ensemble"] * k, "time_s": np.nan,
-        "time_per_epoch_s": np.nan, "time_per_member_epoch_s": np.nan,
+        "time_per_epoch_s": np.nan, "time_per_epoch_s_min": np.nan,
+        "time_per_epoch_s_max": np.nan, "time_per_epoch_s_iqr": np.nan,
+        "time_per_member_epoch_s": np.nan,
         "status": ["unavailable"] * k, "reason": [reason] * k,
     })
     tables = {name: _empty(name, n_classes) for name in COLUMNS}
@@ -138,11 +167,40 @@ def _unavailable_tables(
     return tables
 
 
+def window_plan(max_epochs: int, windows: int = TIMING_WINDOWS,
+                epochs: int = WINDOW_EPOCHS) -> tuple[int, int]:
+    """(number of windows, epochs per window) for a shape trained ``max_epochs`` epochs:
+    ``windows`` windows of ``epochs`` epochs, shortened to ``max_epochs // windows`` (at least
+    1) when the shape trains fewer epochs than that in all."""
+    if max_epochs < 1 or windows < 1 or epochs < 1:
+        raise ValueError(f"window_plan: got max_epochs={max_epochs}, windows={windows}, "
+                         f"epochs={epochs}; allowed: integers >= 1")
+    return windows, max(1, min(epochs, max_epochs // windows))
+
+
+def window_stats(window_times_s: list[float], epochs_per_window: int) -> dict[str, float]:
+    """Time per epoch from the windows' wall times (s): median, min, max and interquartile
+    range (numpy's linear quantiles), and the total time. The spread is NaN from one window."""
+    per_epoch = np.asarray(window_times_s, dtype=float) / epochs_per_window
+    if per_epoch.size == 0:
+        raise ValueError("window_stats: no windows")
+    several = per_epoch.size >= 2
+    q25, q75 = np.percentile(per_epoch, [25, 75])
+    return {
+        "time_s": float(np.sum(window_times_s)),
+        "time_per_epoch_s": float(np.median(per_epoch)),
+        "time_per_epoch_s_min": float(per_epoch.min()) if several else np.nan,
+        "time_per_epoch_s_max": float(per_epoch.max()) if several else np.nan,
+        "time_per_epoch_s_iqr": float(q75 - q25) if several else np.nan,
+    }
+
+
 def _time_loop(
-    arch: ens.Architecture, ds: datamod.Dataset, seed: int, lr: float, epochs: int,
-    momentum: float, batch_size: int | None, device: torch.device,
-) -> float:
-    """Wall time of the lesson's loop for one member, after a short untimed warm-up."""
+    arch: ens.Architecture, ds: datamod.Dataset, seed: int, lr: float, windows: int,
+    epochs: int, momentum: float, batch_size: int | None, device: torch.device,
+) -> list[float]:
+    """Wall time of each of ``windows`` runs of the lesson's loop for one member (``epochs``
+    epochs each, from the seed's initial weights), after a short untimed warm-up."""
     y = datamod.one_hot(ds.y_train, ds.n_classes)
 
     def run(n_epochs: int) -> float:
@@ -157,7 +215,7 @@ def _time_loop(
 
     with torch.random.fork_rng(devices=[]):  # seeding here must not change the caller's RNG
         run(min(WARMUP_EPOCHS, epochs))
-        return run(epochs)
+        return [run(epochs) for _ in range(windows)]
 
 
 def _decision_points(ds: datamod.Dataset, resolution: int, margin: float) -> torch.Tensor:
@@ -295,8 +353,9 @@ def _decision_columns(
 def _train_shape(
     ds: datamod.Dataset, shape: ShapePlan, seeds: list[int], momentum: float,
     batch_size: int | None, device: torch.device, grid_points: torch.Tensor, grad_epochs: int,
-) -> tuple[dict[str, dict[str, Any]], float, float]:
-    """Train one shape's ensemble; returns the columns of each table and the two timings."""
+) -> tuple[dict[str, dict[str, Any]], tuple[int, int], list[float], list[float]]:
+    """Train one shape's ensemble; returns the columns of each table, the window plan
+    (windows, epochs per window) and the windows' wall times of the ensemble and the loop."""
     arch = ens.Architecture(ds.n_features, shape.width, shape.depth, ds.n_classes)
     members = _Members(shape.lrs, seeds)
     params0 = ens.init_params(arch, members.seed.tolist(), device)
@@ -307,10 +366,13 @@ def _train_shape(
             momentum=momentum, batch_size=batch_size, shuffle_seeds=members.seed.tolist(),
         )
 
-    train(min(WARMUP_EPOCHS, shape.max_epochs), ())
     run = train(shape.max_epochs, shape.checkpoints)
-    loop_epochs = min(shape.max_epochs, LOOP_TIMING_EPOCHS)
-    loop_time = _time_loop(arch, ds, seeds[0], shape.lrs[0], loop_epochs, momentum, batch_size, device)
+    # Timing windows: separate short runs from params0, after the run above has warmed up.
+    windows, window_epochs = window_plan(shape.max_epochs)
+    train(min(WARMUP_EPOCHS, window_epochs), ())
+    ens_times = [train(window_epochs, ()).time_s for _ in range(windows)]
+    loop_times = _time_loop(arch, ds, seeds[0], shape.lrs[0], windows, window_epochs, momentum,
+                            batch_size, device)
 
     diverged_at = run.diverged_at.cpu().numpy()
     final_epochs = grad_epochs if grad_epochs in shape.checkpoints else shape.max_epochs
@@ -325,18 +387,23 @@ def _train_shape(
         "decision": _decision_columns(arch, run, members, shape.checkpoints, diverged_at, grid_points),
     }
     ids = {"width": shape.width, "depth": shape.depth}
-    return {name: {**ids, **c} for name, c in cols.items()}, run.time_s, loop_time
+    return ({name: {**ids, **c} for name, c in cols.items()}, (windows, window_epochs),
+            ens_times, loop_times)
 
 
 def _timing_row(
     host: str, dataset: str, device: str, shape: ShapePlan, method: str, n_members: int,
-    epochs: int, *, threads: int, time_s: float,
+    window_times_s: list[float], epochs_per_window: int, *, threads: int,
 ) -> dict[str, Any]:
+    stats = window_stats(window_times_s, epochs_per_window)
     return {
         "host": host, "dataset": dataset, "device": device, "width": shape.width, "depth": shape.depth,
-        "n_members": n_members, "epochs_trained": epochs, "threads": threads, "method": method,
-        "time_s": time_s, "time_per_epoch_s": time_s / epochs,
-        "time_per_member_epoch_s": time_s / epochs / n_members, "status": "ok", "reason": "",
+        "n_members": n_members, "n_windows": len(window_times_s),
+        "epochs_per_window": epochs_per_window,
+        "epochs_trained": len(window_times_s) * epochs_per_window, "threads": threads,
+        "method": method, **stats,
+        "time_per_member_epoch_s": stats["time_per_epoch_s"] / n_members, "status": "ok",
+        "reason": "",
     }
 
 
@@ -349,10 +416,11 @@ def run_training_job(
 ) -> dict[str, pd.DataFrame]:
     """Train every shape the dataset's config plans, on one device; return the job's tables.
 
-    Keys: losses, metrics, predictions, timings, gradnorms, decision (the file stems of
-    ``results/train/{dataset}/{device}/``). Without CUDA a "cuda" job returns "unavailable"
-    rows instead of raising. torch's intra-op threads are set to ``threads`` for the job and
-    restored afterwards.
+    Keys: losses, metrics, predictions, timings, gradnorms, decision, environment (the file
+    stems of ``results/train/{dataset}/{device}/``). Without CUDA a "cuda" job returns
+    "unavailable" rows instead of raising (its environment is still read). torch's intra-op
+    threads are set to ``threads`` for the job and restored afterwards; the environment is
+    read under that setting, before the first shape and after the last.
     """
     resolution, margin = decision_grid["resolution"], decision_grid["margin"]
     plan = plan_shapes(dataset_cfg)
@@ -361,37 +429,54 @@ def run_training_job(
     batch_size = dataset_cfg.get("batch_size")
     ds_cpu = datamod.load(dataset_name, dataset_cfg)
 
+    host = machine_id(None)
+    gpu = 0 if device == "cuda" else None
     reason = cuda_unavailable_reason() if device == "cuda" else None
     if reason is not None:
-        return _unavailable_tables(dataset_name, device, plan, len(seeds), threads, reason, ds_cpu.n_classes)
+        tables = _unavailable_tables(dataset_name, device, plan, len(seeds), threads, reason,
+                                     ds_cpu.n_classes)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            now = snapshot(cuda_device=gpu)
+        finally:
+            torch.set_num_threads(previous_threads)
+        tables["environment"] = _environment_frame(environment_rows(
+            now, now, host=host, stage="train", device=device, threads=threads,
+            dataset=dataset_name))
+        return tables
 
     logit_cols = [f"logit_{c}" for c in range(ds_cpu.n_classes)]
-    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in COLUMNS if name != "timings"}
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in COLUMNS
+                                             if name not in ("timings", "environment")}
     timing_rows = []
-    host = machine_id(None)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        before = snapshot(cuda_device=gpu)
         dev = torch.device(device)
         ds = ds_cpu.to(dev)
         grid_points = _decision_points(ds_cpu, resolution, margin)
         grad_epochs = _shared_checkpoint(plan, dataset_cfg)
         for shape in plan:
-            cols, ens_time, loop_time = _train_shape(ds, shape, seeds, momentum, batch_size, dev,
-                                                     grid_points, grad_epochs)
+            cols, (windows, window_epochs), ens_times, loop_times = _train_shape(
+                ds, shape, seeds, momentum, batch_size, dev, grid_points, grad_epochs)
             for name, columns in cols.items():
                 columns = {"dataset": dataset_name, "device": device, **columns}
                 frames[name].append(_frame(name, columns, logit_cols if name == "decision" else []))
             n_members = len(seeds) * len(shape.lrs)
-            loop_epochs = min(shape.max_epochs, LOOP_TIMING_EPOCHS)
             row = functools.partial(_timing_row, host, dataset_name, device, shape, threads=threads)
             timing_rows += [
-                row("ensemble", n_members, shape.max_epochs, time_s=ens_time),
-                row("loop", 1, loop_epochs, time_s=loop_time),
+                row("ensemble", n_members, ens_times, window_epochs),
+                row("loop", 1, loop_times, window_epochs),
             ]
+        after = snapshot(cuda_device=gpu)
     finally:
         torch.set_num_threads(previous_threads)
 
     tables = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
     tables["timings"] = _frame("timings", pd.DataFrame(timing_rows).to_dict("list"))
+    tables["environment"] = _environment_frame(environment_rows(
+        before, after, host=host, stage="train", device=device, threads=threads,
+        dataset=dataset_name))
     return tables

@@ -152,12 +152,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- what the saved JSON says about the machine -------------------------------------------------
 
 _BENCH_SETTINGS = {"threads": THREADS, "suite": "tests/benchmarks"}
+_BLAS_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 _machine_cache: dict[str, Any] = {}
 
 
 def _machine_record() -> dict[str, Any]:
     if not _machine_cache:
-        _machine_cache.update(collect(THREADS, config_hash(_BENCH_SETTINGS), _BENCH_SETTINGS))
+        _machine_cache.update(collect(config_hash(_BENCH_SETTINGS), _BENCH_SETTINGS))
     return _machine_cache
 
 
@@ -195,7 +196,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config,
         "gpu": gpu["name"] if gpu["available"] else "none",
         "gpu_reason": gpu["reason"],
         "mlpbench_machine": {"machine_id": record["machine_id"], "blas": blas,
-                             "blas_env": record["blas_env"], "gpu": gpu,
+                             # this process's thread variables: the suite measures in it
+                             "blas_env": {var: os.environ.get(var) for var in _BLAS_ENV_VARS},
+                             "gpu": gpu,
                              "versions": record["versions"]},
     })
 

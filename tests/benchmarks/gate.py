@@ -74,7 +74,7 @@ def machine_class() -> dict[str, Any]:
     """This machine's values of ``CLASS_KEYS``, as the suite's conftest writes them."""
     from mlpbench.machine import collect
 
-    record = collect(1, "-")
+    record = collect("-")
     gpu = record["gpu"]
     return {"cpu_model": record["cpu_model"], "logical_cores": record["logical_cores"],
             "torch_version": record["versions"]["torch"],

@@ -84,7 +84,11 @@ def usable_cores():
 
 
 def matmul_threads():
-    # Snakemake lowers a rule's threads to --cores; cap here too so the record says what ran.
+    """The matmul rule's threads: the config's, or every usable core for 0. Only the rule's
+    `threads:` uses this; each timing job records the threads it really got (its own
+    snakemake.threads, so --set-threads wins) in its environment table, and no parameter or
+    record depends on --cores, so `snakemake -n` with or without --cores plans the same.
+    """
     return min(config["matmul"]["threads"] or usable_cores(), usable_cores())
 
 

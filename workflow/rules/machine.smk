@@ -3,6 +3,8 @@ from mlpbench.codeversion import code_version
 
 # The file name comes from the target, not from this process's host name: on a cluster the job
 # re-parses the workflow on a node whose host name differs from the login node's.
+# The record holds static facts only: thread counts and thread variables are recorded by each
+# timing job itself (mlpbench.environment), so nothing here depends on --cores.
 rule machine:
     output:
         "results/machine/{machine_id}.json",
@@ -13,7 +15,6 @@ rule machine:
     params:
         config_hash=CONFIG_HASH,
         machine_id=lambda wildcards: wildcards.machine_id,
-        matmul_threads=matmul_threads(),
         code=code_version(workflow.source_path("../../scripts/machine.py")),
     script:
         "../../scripts/machine.py"

@@ -3,10 +3,12 @@ from mlpbench.codeversion import code_version
 
 
 # Timing jobs take the single `timing` slot (capped at 1 in the default profile) so that
-# no other job shares the cores they measure.
+# no other job shares the cores they measure. Beside its table, each writes the environment it
+# measured in (threads, thread variables, affinity, load, clocks), read before and after.
 rule matmul:
     output:
-        "results/matmul/{device}.parquet",
+        table="results/matmul/{device}.parquet",
+        environment="results/matmul/{device}.environment.parquet",
     log:
         "logs/matmul/{device}.log",
     wildcard_constraints:
