@@ -2,7 +2,8 @@
 
 One function per figure takes the tables (name -> DataFrame) and returns a Figure;
 ``FIGURES`` maps each figure's name (also its file stem) to its function and
-``make_figure(name, tables_dir, out_path)`` draws one figure to a PNG, atomically.
+``make_figure(name, tables_dir, out_path)`` draws one figure to a PNG, atomically;
+``make_figures(tables_dir, out_paths)`` draws several, reading the tables once.
 A figure whose data are missing or unavailable (e.g. CUDA on a machine without a GPU)
 still renders and says so inside the plot.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -666,13 +667,37 @@ def save_png(fig: Figure, out_path: str | os.PathLike) -> None:
     write_bytes_atomic(buf.getvalue(), out_path)
 
 
-def make_figure(name: str, tables_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Draw figure ``name`` from the tables in ``tables_dir`` to the PNG ``out_path``."""
-    if name not in FIGURES:
-        raise KeyError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
-    fig = FIGURES[name](load_tables(tables_dir))
+def _check_names(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in FIGURES:
+            raise KeyError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+
+
+def _draw_png(name: str, tables: Tables, out_path: str | os.PathLike) -> Path:
+    fig = FIGURES[name](tables)
     try:
         save_png(fig, out_path)
     finally:
         plt.close(fig)
     return Path(out_path)
+
+
+def make_figure(name: str, tables_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Draw figure ``name`` from the tables in ``tables_dir`` to the PNG ``out_path``."""
+    _check_names([name])
+    return _draw_png(name, load_tables(tables_dir), out_path)
+
+
+def make_figures(tables_dir: str | os.PathLike,
+                 out_paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Draw each PNG of ``out_paths``, the figure named by its file stem (``loss_curves.png``
+    is ``FIGURES["loss_curves"]``), reading the tables in ``tables_dir`` once for all.
+
+    Yields each path once written. Raises KeyError for a stem that names no figure, before
+    anything is read or drawn; ``mlpbench.contract.ContractError`` for a damaged table.
+    """
+    out_paths = [Path(p) for p in out_paths]
+    _check_names(p.stem for p in out_paths)
+    tables = load_tables(tables_dir)
+    for out in out_paths:
+        yield _draw_png(out.stem, tables, out)
