@@ -415,7 +415,7 @@ def epoch_time_by_shape(epoch_time: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pick_device(df: pd.DataFrame) -> str | None:
-    devices = set(df["device"])
+    devices = set(df["device"].unique())  # unique() first: a decision grid has ~10^6 rows
     return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
 
 
