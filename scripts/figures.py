@@ -10,6 +10,7 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
         log.warning("removed %s, left by an interrupted write", tmp)
     tables_dir = Path(snakemake.input[0]).parent  # noqa: F821
-    # The tables are read (and checked) once for all figures.
-    for out in make_figures(tables_dir, snakemake.output):  # noqa: F821
+    # The figures are drawn side by side in as many processes as the job has threads; each
+    # process reads (and checks) the tables once.
+    for out in make_figures(tables_dir, snakemake.output, workers=snakemake.threads):  # noqa: F821
         log.info("wrote %s", out)

@@ -119,6 +119,17 @@ def test_make_figures_draws_each_file_as_make_figure_does(tables_dirs, tmp_path)
         assert (tmp_path / "all" / f"{name}.png").read_bytes() == one.read_bytes()
 
 
+def test_make_figures_in_two_processes_draws_the_same_bytes(tables_dirs, tmp_path):
+    tables_dir = tables_dirs["cpu_only"]
+    for workers in (1, 2):
+        (tmp_path / str(workers)).mkdir()
+        outs = [tmp_path / str(workers) / f"{name}.png" for name in FIGURES]
+        assert list(make_figures(tables_dir, outs, workers=workers)) == outs
+    for name in FIGURES:
+        assert ((tmp_path / "1" / f"{name}.png").read_bytes()
+                == (tmp_path / "2" / f"{name}.png").read_bytes()), name
+
+
 def test_make_figures_refuses_an_unknown_stem_before_drawing_any(tables_dirs, tmp_path):
     outs = [tmp_path / "matmul_time.png", tmp_path / "pie_chart.png"]
     with pytest.raises(KeyError, match="unknown figure 'pie_chart'"):
@@ -132,9 +143,11 @@ def test_make_figures_names_a_damaged_table(tables_dirs, tmp_path):
     for f in tables_dirs["cpu_only"].iterdir():
         (damaged / f.name).write_bytes(f.read_bytes())
     (damaged / "loss_curves.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(contract.ContractError, match="loss_curves.parquet"):
-        list(make_figures(damaged, [tmp_path / "matmul_time.png"]))
-    assert not (tmp_path / "matmul_time.png").exists()
+    outs = [tmp_path / "matmul_time.png", tmp_path / "loss_curves.png"]
+    for workers in (1, 2):  # a worker's error reaches the caller
+        with pytest.raises(contract.ContractError, match="loss_curves.parquet"):
+            list(make_figures(damaged, outs, workers=workers))
+        assert not [p for p in outs if p.exists()]
 
 
 def _with_lr_sweep(tables: dict) -> dict:
