@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mlpbench.figures import make_figure
+from mlpbench.figures import make_figures
 from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
 
@@ -10,6 +10,7 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
         log.warning("removed %s, left by an interrupted write", tmp)
     tables_dir = Path(snakemake.input[0]).parent  # noqa: F821
-    for out in snakemake.output:  # noqa: F821
-        make_figure(Path(out).stem, tables_dir, out)
+    # The figures are drawn side by side in as many processes as the job has threads; each
+    # process reads (and checks) the tables once.
+    for out in make_figures(tables_dir, snakemake.output, workers=snakemake.threads):  # noqa: F821
         log.info("wrote %s", out)

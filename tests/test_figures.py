@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from matplotlib.text import Text
 
-from mlpbench.figures import FIGURES, make_figure, save_png
+from mlpbench import contract
+from mlpbench.figures import FIGURES, make_figure, make_figures, save_png
 from mlpbench.tables import build_tables, load_tables, write_tables
 from synthetic_results import load_points, write_inputs
 
@@ -106,6 +107,47 @@ def test_no_text_overlaps_other_text(tables_dirs, monkeypatch, name, scenario):
 def test_unknown_figure_name_is_refused(tables_dirs, tmp_path):
     with pytest.raises(KeyError, match="unknown figure"):
         make_figure("pie_chart", tables_dirs["cpu_only"], tmp_path / "x.png")
+
+
+def test_make_figures_draws_each_file_as_make_figure_does(tables_dirs, tmp_path):
+    tables_dir = tables_dirs["with_cuda"]
+    outs = [tmp_path / "all" / f"{name}.png" for name in FIGURES]
+    (tmp_path / "all").mkdir()
+    assert list(make_figures(tables_dir, outs)) == outs
+    for name in ("matmul_time", "decision_regions"):  # one figure drawn alone: the same bytes
+        one = make_figure(name, tables_dir, tmp_path / f"{name}.png")
+        assert (tmp_path / "all" / f"{name}.png").read_bytes() == one.read_bytes()
+
+
+def test_make_figures_in_two_processes_draws_the_same_bytes(tables_dirs, tmp_path):
+    tables_dir = tables_dirs["cpu_only"]
+    for workers in (1, 2):
+        (tmp_path / str(workers)).mkdir()
+        outs = [tmp_path / str(workers) / f"{name}.png" for name in FIGURES]
+        assert list(make_figures(tables_dir, outs, workers=workers)) == outs
+    for name in FIGURES:
+        assert ((tmp_path / "1" / f"{name}.png").read_bytes()
+                == (tmp_path / "2" / f"{name}.png").read_bytes()), name
+
+
+def test_make_figures_refuses_an_unknown_stem_before_drawing_any(tables_dirs, tmp_path):
+    outs = [tmp_path / "matmul_time.png", tmp_path / "pie_chart.png"]
+    with pytest.raises(KeyError, match="unknown figure 'pie_chart'"):
+        list(make_figures(tables_dirs["cpu_only"], outs))
+    assert not list(tmp_path.iterdir())
+
+
+def test_make_figures_names_a_damaged_table(tables_dirs, tmp_path):
+    damaged = tmp_path / "tables"
+    damaged.mkdir()
+    for f in tables_dirs["cpu_only"].iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    (damaged / "loss_curves.parquet").write_bytes(b"PAR1 not really")
+    outs = [tmp_path / "matmul_time.png", tmp_path / "loss_curves.png"]
+    for workers in (1, 2):  # a worker's error reaches the caller
+        with pytest.raises(contract.ContractError, match="loss_curves.parquet"):
+            list(make_figures(damaged, outs, workers=workers))
+        assert not [p for p in outs if p.exists()]
 
 
 def _with_lr_sweep(tables: dict) -> dict:

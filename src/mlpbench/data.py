@@ -298,6 +298,14 @@ def blobs(
     split_random_state: int = 2,
 ) -> Dataset:
     """The homework's data: ``make_blobs`` then ``train_test_split``, defaults as in the lesson."""
+    x_train, x_test, y_train, y_test = _blobs_split(
+        n_samples, centers, cluster_std, random_state, test_size, split_random_state
+    )
+    return _dataset("blobs", x_train, y_train, x_test, y_test, n_classes=int(centers))
+
+
+def _blobs_split(n_samples, centers, cluster_std, random_state, test_size, split_random_state):
+    """``make_blobs`` then ``train_test_split``: x_train, x_test, y_train, y_test (NumPy)."""
     # Imported here: scikit-learn is slow to import and only this dataset needs it.
     from sklearn.datasets import make_blobs
     from sklearn.model_selection import train_test_split
@@ -305,10 +313,26 @@ def blobs(
     x, y = make_blobs(
         n_samples=n_samples, centers=centers, cluster_std=cluster_std, random_state=random_state
     )
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_size, random_state=split_random_state
-    )
-    return _dataset("blobs", x_train, y_train, x_test, y_test, n_classes=int(centers))
+    return train_test_split(x, y, test_size=test_size, random_state=split_random_state)
+
+
+def points(name: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The points of ``load(name, cfg)`` as NumPy arrays, built without importing torch.
+
+    ``x_train``/``x_test`` are float32 (n, n_features), the values the network sees;
+    ``y_train``/``y_test`` are int64 (n,). For readers that only show the points (the
+    aggregation): importing torch takes seconds.
+    """
+    import numpy as np
+
+    if name == "toy":
+        x_train, x_test, y_train, y_test = TOY_X_TRAIN, TOY_X_TEST, TOY_Y_TRAIN, TOY_Y_TEST
+    else:
+        x_train, x_test, y_train, y_test = _blobs_split(**blobs_data(cfg))
+    return {"x_train": np.asarray(x_train, dtype=np.float32),
+            "y_train": np.asarray(y_train, dtype=np.int64),
+            "x_test": np.asarray(x_test, dtype=np.float32),
+            "y_test": np.asarray(y_test, dtype=np.int64)}
 
 
 _SEED = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}  # NumPy's RandomState seeds

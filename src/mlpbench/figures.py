@@ -2,7 +2,9 @@
 
 One function per figure takes the tables (name -> DataFrame) and returns a Figure;
 ``FIGURES`` maps each figure's name (also its file stem) to its function and
-``make_figure(name, tables_dir, out_path)`` draws one figure to a PNG, atomically.
+``make_figure(name, tables_dir, out_path)`` draws one figure to a PNG, atomically;
+``make_figures(tables_dir, out_paths, workers)`` draws several, reading the tables once
+per process, in ``workers`` processes side by side.
 A figure whose data are missing or unavailable (e.g. CUDA on a machine without a GPU)
 still renders and says so inside the plot.
 
@@ -13,9 +15,11 @@ report uses too, so a series is called and coloured the same in both.
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -666,13 +670,65 @@ def save_png(fig: Figure, out_path: str | os.PathLike) -> None:
     write_bytes_atomic(buf.getvalue(), out_path)
 
 
-def make_figure(name: str, tables_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Draw figure ``name`` from the tables in ``tables_dir`` to the PNG ``out_path``."""
-    if name not in FIGURES:
-        raise KeyError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
-    fig = FIGURES[name](load_tables(tables_dir))
+def _check_names(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in FIGURES:
+            raise KeyError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+
+
+def _draw_png(name: str, tables: Tables, out_path: str | os.PathLike) -> Path:
+    fig = FIGURES[name](tables)
     try:
         save_png(fig, out_path)
     finally:
         plt.close(fig)
     return Path(out_path)
+
+
+def make_figure(name: str, tables_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Draw figure ``name`` from the tables in ``tables_dir`` to the PNG ``out_path``."""
+    _check_names([name])
+    return _draw_png(name, load_tables(tables_dir), out_path)
+
+
+def make_figures(tables_dir: str | os.PathLike, out_paths: Iterable[str | os.PathLike],
+                 workers: int = 1) -> Iterator[Path]:
+    """Draw each PNG of ``out_paths``, the figure named by its file stem (``loss_curves.png``
+    is ``FIGURES["loss_curves"]``), from the tables in ``tables_dir``.
+
+    With ``workers`` = 1 the tables are read once and the figures drawn one after the other.
+    With more (on a platform that can fork), that many forked processes draw them side by
+    side, each reading the tables once; the PNGs are the same bytes either way. Yields each
+    path, in the order given, once written. Raises KeyError for a stem that names no figure,
+    before anything is read or drawn; ``mlpbench.contract.ContractError`` for a damaged table.
+    """
+    out_paths = [Path(p) for p in out_paths]
+    _check_names(p.stem for p in out_paths)
+    workers = min(int(workers), len(out_paths))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        tables = load_tables(tables_dir)
+        for out in out_paths:
+            yield _draw_png(out.stem, tables, out)
+        return
+    # Fork before this process reads any table: pyarrow's reader threads do not survive a
+    # fork, and the workers then share nothing that was running.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        jobs = [pool.submit(_draw_in_worker, out.stem, str(tables_dir), out) for out in out_paths]
+        try:
+            for job in jobs:
+                yield job.result()
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            raise
+
+
+_WORKER_TABLES: dict[str, dict[str, pd.DataFrame]] = {}
+
+
+def _draw_in_worker(name: str, tables_dir: str, out_path: Path) -> Path:
+    """One figure in a worker of :func:`make_figures`; the worker reads the tables once."""
+    if tables_dir not in _WORKER_TABLES:
+        _WORKER_TABLES[tables_dir] = load_tables(tables_dir)
+    return _draw_png(name, _WORKER_TABLES[tables_dir], out_path)

@@ -456,7 +456,7 @@ def epoch_time_by_shape(epoch_time: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pick_device(df: pd.DataFrame) -> str | None:
-    devices = set(df["device"])
+    devices = set(df["device"].unique())  # unique() first: a decision grid has ~10^6 rows
     return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
 
 
@@ -532,13 +532,13 @@ def data_points_table(
     """The train/test points of each dataset, regenerated from its config (deterministic).
 
     ``loader(name, cfg)`` returns x_train, y_train, x_test, y_test (as attributes or keys);
-    it defaults to ``mlpbench.data.load``.
+    it defaults to ``mlpbench.data.points`` (the points of ``mlpbench.data.load``, without torch).
     """
     columns = SUMMARY["data_points"].column_names
     if not datasets_cfg:
         return contract.empty_frame(SUMMARY["data_points"])
     if loader is None:
-        from mlpbench.data import load as loader  # late: only this table needs the data
+        from mlpbench.data import points as loader  # late: only this table needs the data
 
     frames = []
     for name, cfg in datasets_cfg.items():
@@ -601,7 +601,7 @@ def build_tables(
     run, each experiment as under the config's ``train.experiments``: its ``baseline``
     names the baseline (otherwise guessed, see ``infer_baselines``) and their data
     parameters let ``data_points`` regenerate the points for the decision-region figure
-    (with ``points_loader``, default ``mlpbench.data.load``).
+    (with ``points_loader``, default ``mlpbench.data.points``).
     """
     metrics = _read_train(train_dirs, "metrics")
     datasets_cfg = (train_cfg or {}).get("datasets") or {}

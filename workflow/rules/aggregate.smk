@@ -22,6 +22,7 @@ rule aggregate:
 
 
 # One job draws every figure: importing matplotlib and pandas costs more than drawing one.
+# Its processes draw them side by side, one per thread (nothing else runs at this stage).
 rule figures:
     input:
         summary_tables(),
@@ -38,6 +39,7 @@ rule figures:
         "logs/figures.log",
     conda:
         "../envs/mlpbench.yaml"
+    threads: min(len(FIGURES), usable_cores())
     params:
         code=code_version(workflow.source_path("../../scripts/figures.py")),
     script:
