@@ -13,25 +13,16 @@ import pytest
 from mlpbench.io import (
     remove_stale_temps,
     write_csv_atomic,
+    write_bytes_atomic,
     write_json_atomic,
-    write_parquet_atomic,
 )
-
-
-def test_parquet_roundtrip_and_identical_bytes(tmp_path):
-    df = pd.DataFrame({"a": [1, 2], "time_s": [0.5, 0.25]})
-    write_parquet_atomic(df, tmp_path / "x" / "t.parquet")
-    first = (tmp_path / "x" / "t.parquet").read_bytes()
-    write_parquet_atomic(df, tmp_path / "x" / "t.parquet")
-    assert (tmp_path / "x" / "t.parquet").read_bytes() == first
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "x" / "t.parquet"), df)
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
     target = tmp_path / "r.json"
     write_json_atomic({"ok": 1}, target)
-    with pytest.raises(AttributeError):
-        write_parquet_atomic("not a frame", tmp_path / "r.parquet")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        write_bytes_atomic("not bytes", target)  # type: ignore[arg-type]
     assert json.loads(target.read_text()) == {"ok": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
@@ -72,7 +63,7 @@ def test_remove_stale_temps_finds_what_an_interrupted_writer_leaves(tmp_path, mo
     monkeypatch.setattr(os, "replace", killed)
     monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)  # as if killed
     with pytest.raises(KeyboardInterrupt):
-        write_parquet_atomic(pd.DataFrame({"a": [1]}), target)
+        write_csv_atomic(pd.DataFrame({"a": [1]}), target)
     monkeypatch.undo()
     [left] = list(tmp_path.iterdir())
     assert left.name.startswith(".t.parquet.") and left.name.endswith(".tmp")

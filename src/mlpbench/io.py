@@ -13,9 +13,10 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # only annotations: the report job imports this module without pandas
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -78,18 +79,6 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_parquet_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Parquet without the index, written atomically; byte-identical for identical frames."""
-    path, fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
