@@ -6,7 +6,8 @@ from mlpbench.codeversion import code_version
 # no other job shares the cores they measure.
 rule matmul:
     output:
-        "results/matmul/{device}.parquet",
+        table="results/matmul/{device}.parquet",
+        samples="results/matmul/{device}.samples.parquet",
     log:
         "logs/matmul/{device}.log",
     wildcard_constraints:
