@@ -133,6 +133,12 @@ def test_cuda_unavailable_gives_every_row_with_reason(monkeypatch):
     nosync = df[df["kind"] == "matmul_nosync"]
     assert nosync["method"].str.contains("NOT synchronised").all()
     assert not nosync["method"].str.contains("torch.cuda.synchronize()", regex=False).any()
+    assert nosync["method"].str.contains("number=100", regex=False).all()  # the lesson's loops
+    products = df[df["kind"].isin(["matmul", "matmul_nosync"])]
+    assert products["method"].str.contains("allow_tf32 = False (torch's default",
+                                           regex=False).all()
+    tf32 = df[df["kind"] == "matmul_tf32"]
+    assert tf32["method"].str.contains("allow_tf32 = True", regex=False).all()
     assert (df["status"] == "unavailable").all()
     assert df["reason"].str.startswith("CUDA unavailable: torch.cuda.is_available() is False").all()
     for col in ["time_s_median", "time_s_iqr", "gflop_s", "gb_s", "bandwidth_gb_s",

@@ -182,3 +182,17 @@ def test_measure_reports_how_long_its_threads_waited_for_a_cpu():
     result = measure("time.sleep(0.002)", {"time": time}, threads=1, min_run_time_s=0.02)
     # a sleeping thread is not runnable, so it hardly waits for a CPU (NaN without schedstat)
     assert math.isnan(result.cpu_wait_threads) or 0 <= result.cpu_wait_threads < 0.5
+
+
+def test_a_fixed_number_takes_exactly_min_samples_blocks_like_timeit():
+    calls = {"n": 0}
+
+    def f() -> None:
+        calls["n"] += 1
+
+    result = measure("f()", {"f": f}, threads=1, min_run_time_s=10.0, warmup=1, number=7,
+                     min_samples=3)
+    assert result.n_runs == 3 and result.number_per_run == 7
+    assert calls["n"] == 1 + 3 * 7  # warm-up, then the samples: no autorange
+    assert "timeit.Timer.repeat(repeat=3, number=7)" in result.method
+    assert "%timeit -r 3 -n 7" in result.method

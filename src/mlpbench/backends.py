@@ -14,6 +14,7 @@ An entry says everything the stage needs to time a library exactly as it times e
   sync for this kind) and ``matmul_tf32`` (the float32 product with TF32 tensor cores allowed);
 * ``context(kind, device)``: a context manager the measurement of that kind runs in (for
   torch on CUDA: TF32 off for ``matmul``, on for ``matmul_tf32``); by default none;
+  ``context_note(kind, device)`` says what it sets, for the ``method`` column (or None);
 * ``operands(spec)``: creates and fills (touches every page of) the names its statements use,
   for one :class:`OperandSpec`; nothing of it is timed;
 * ``unavailable(device)``: why it cannot run there (no GPU, say), or None; a library that is not
@@ -116,6 +117,7 @@ class Backend:
     release: Callable[[str], None] = field(default=lambda device: None)
     context: Callable[[str, str], AbstractContextManager[None]] = field(
         default=lambda kind, device: nullcontext())
+    context_note: Callable[[str, str], str | None] = field(default=lambda kind, device: None)
     extra: str | None = None  # the pyproject extra that installs the library, if it is optional
 
     def unavailable_reason(self, device: str) -> str | None:
@@ -310,6 +312,14 @@ def _torch_context(kind: str, device: str) -> AbstractContextManager[None]:
     return nullcontext()
 
 
+def _torch_context_note(kind: str, device: str) -> str | None:
+    if device != "cuda" or kind not in ("matmul", "matmul_nosync", "matmul_tf32"):
+        return None
+    if kind == "matmul_tf32":
+        return "TF32 on: torch.backends.cuda.matmul.allow_tf32 = True"
+    return "TF32 off: torch.backends.cuda.matmul.allow_tf32 = False (torch's default since 1.12)"
+
+
 def _torch_version() -> str:
     import torch
 
@@ -336,5 +346,6 @@ register(Backend(
     threads=_torch_and_blas,
     release=_torch_release,
     context=_torch_context,
+    context_note=_torch_context_note,
     version=_torch_version,
 ))

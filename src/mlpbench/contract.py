@@ -347,7 +347,7 @@ SUMMARY: dict[str, Table] = {
         _summary("matmul", "every row of results/matmul/*.parquet, plus the speed-ups", (
             *_MATMUL_COLUMNS,
             _c("speedup_vs_numpy_float64", F64, "time of NumPy float64 on the CPU for the same "
-               "case and shape / this row's time", "1", True),
+               "case and shape / this row's time (NaN where either is noisy)", "1", True),
             _c("speedup_vs_numpy_same_dtype", F64, "the same against NumPy of this row's dtype",
                "1", True),
         )),

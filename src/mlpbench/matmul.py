@@ -44,6 +44,7 @@ from mlpbench import backends, guard
 from mlpbench.backends import OperandSpec
 from mlpbench.config import machine_id
 from mlpbench.contract import MATMUL, MATMUL_SAMPLES, matmul_bytes, matmul_flop
+from mlpbench.tables import LESSON_TIMEIT_LOOPS
 from mlpbench.timing import MIN_SAMPLES, describe_method, measure
 
 __all__ = [
@@ -285,10 +286,10 @@ def measure_matmul_stage(
                "case": job.case, "kind": job.kind, "m": job.m, "k": job.k, "n": job.n}
         row: dict[str, Any] = {
             **key, "threads": threads,
-            "method": describe_method(stmt, min_run_time_s=min_run_time_s, warmup=warmup,
-                                      threads=threads, sync=sync,
-                                      thread_control=thread_control, min_samples=min_samples,
-                                      unsynchronised=_unsynchronised(backend, job)),
+            "method": _with_note(backend, job, describe_method(
+                stmt, min_run_time_s=min_run_time_s, warmup=warmup, threads=threads, sync=sync,
+                thread_control=thread_control, min_samples=min_samples,
+                unsynchronised=_unsynchronised(backend, job), number=_number(job))),
             "time_s_median": math.nan, "time_s_iqr": math.nan, "n_runs": 0, "number_per_run": 0,
             "attempts": 0, "cpu_wait_threads": math.nan, "noisy": False, "noise_reason": "",
             "flop": flop, "bytes": nbytes, "gflop_s": math.nan, "gb_s": math.nan,
@@ -328,6 +329,16 @@ def _sync(backend: backends.Backend, job: _Job):
     return None if job.kind == "matmul_nosync" else backend.sync(job.device)
 
 
+def _number(job: _Job) -> int | None:
+    """Calls per sample: the lesson's %timeit loops for matmul_nosync, else the autorange's."""
+    return LESSON_TIMEIT_LOOPS if job.kind == "matmul_nosync" else None
+
+
+def _with_note(backend: backends.Backend, job: _Job, method: str) -> str:
+    note = backend.context_note(job.kind, job.device)
+    return f"{method}; {note}" if note else method
+
+
 def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_time_s: float,
                  warmup: int, bandwidth_mib: int, min_samples: int, max_attempts: int,
                  wait_limit: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -346,7 +357,8 @@ def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_tim
                                  min_run_time_s=min_run_time_s, warmup=warmup,
                                  sync=_sync(backend, job), thread_control=backend.threads(),
                                  min_samples=min_samples,
-                                 unsynchronised=_unsynchronised(backend, job))
+                                 unsynchronised=_unsynchronised(backend, job),
+                                 number=_number(job))
                 results.append(result)
                 if disturbed(result) is None:
                     break
@@ -366,7 +378,7 @@ def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_tim
                 "reported": a == best}
                for a, r in enumerate(results) for i, x in enumerate(r.times_s)]
     return {
-        "method": result.method, "time_s_median": t, "time_s_iqr": result.iqr_s,
+        "method": _with_note(backend, job, result.method), "time_s_median": t, "time_s_iqr": result.iqr_s,
         "n_runs": result.n_runs, "number_per_run": result.number_per_run,
         "attempts": len(results), "cpu_wait_threads": result.cpu_wait_threads,
         "noisy": noise is not None,

@@ -152,16 +152,24 @@ def describe_method(
     thread_control: ThreadControl = TORCH_AND_BLAS_THREADS,
     min_samples: int = MIN_SAMPLES,
     unsynchronised: str | None = None,
+    number: int | None = None,
 ) -> str:
     """The ``method`` string stored with each row: enough to repeat the measurement.
 
     ``unsynchronised`` names a device deliberately timed without waiting for it (the lesson's
-    way), which the string then says.
+    way), which the string then says; ``number`` a fixed block size (see :func:`measure`).
     """
+    s = "s" if min_samples != 1 else ""
     parts = [
         f"torch.utils.benchmark.Timer.blocked_autorange(min_run_time={min_run_time_s:g})",
-        f"at least {min_samples} sample{'s' if min_samples != 1 else ''} (further blocks "
-        "timed singly when the autorange gives fewer)",
+        f"at least {min_samples} sample{s} (further blocks timed singly when the autorange "
+        "gives fewer)",
+    ] if number is None else [
+        f"timeit.Timer.repeat(repeat={min_samples}, number={number})",
+        f"{min_samples} sample{s} of {number} calls each, as %timeit -r {min_samples} "
+        f"-n {number}",
+    ]
+    parts += [
         f"stmt `{stmt}`",
         f"{warmup} warm-up call{'s' if warmup != 1 else ''} before timing",
         "operands created and filled before timing",
@@ -190,6 +198,7 @@ def measure(
     setup: str = "pass",
     min_samples: int = MIN_SAMPLES,
     unsynchronised: str | None = None,
+    number: int | None = None,
 ) -> Measurement:
     """Time ``stmt`` with ``threads`` threads; return median/IQR seconds per call.
 
@@ -197,7 +206,9 @@ def measure(
     in ``times_s`` and ``cpu_wait_threads`` says how many threads of this process waited for a
     CPU during the sampling, on average (:class:`mlpbench.guard.CpuWaitProbe`).
     ``unsynchronised`` (with ``sync=None``) names a device timed without synchronisation on
-    purpose, so that the ``method`` string says so.
+    purpose, so that the ``method`` string says so. A fixed ``number`` replaces the autorange:
+    exactly ``min_samples`` samples of ``number`` calls each, back to back, as IPython's
+    ``%timeit -r min_samples -n number`` takes them (``min_run_time_s`` is then unused).
 
     ``warmup`` calls run first and are not measured. ``thread_control`` sets the thread pools
     for the warm-up and the measurement (torch's and every BLAS by default). With ``sync`` (for
@@ -213,7 +224,11 @@ def measure(
         raise ValueError(f"warmup: got {warmup!r}; allowed: an integer >= 0")
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
         raise ValueError(f"min_samples: got {min_samples!r}; allowed: an integer >= 1")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int)
+                               or number < 1):
+        raise ValueError(f"number: got {number!r}; allowed: None or an integer >= 1")
 
+    fixed = number
     clock: Callable[[], float] = sync.clock if sync is not None else timeit.default_timer
     namespace = {"torch": torch, **globals}  # Timer adds torch too; the warm-up must match
     with thread_control.limits(threads):
@@ -223,11 +238,14 @@ def measure(
             timeit.Timer(stmt, setup, timer=clock, globals=dict(namespace)).timeit(warmup)
         timer = Timer(stmt, setup=setup, globals=namespace, num_threads=threads, timer=clock)
         with CpuWaitProbe() as probe:
-            result = timer.blocked_autorange(min_run_time=min_run_time_s)
-            number = int(result.number_per_run)
-            times = [float(t) for t in result.times]
+            if number is None:
+                result = timer.blocked_autorange(min_run_time=min_run_time_s)
+                number = int(result.number_per_run)
+                times = [float(t) for t in result.times]
+            else:
+                times = []
             missing = min_samples - len(times)
-            if missing > 0:  # a slow product: time the remaining blocks one by one
+            if missing > 0:  # a slow product (or a fixed number): time the blocks one by one
                 single = timeit.Timer(stmt, setup, timer=clock, globals=dict(namespace))
                 times += [total / number for total in single.repeat(missing, number)]
 
@@ -241,7 +259,8 @@ def measure(
         threads=threads,
         method=describe_method(stmt, min_run_time_s=min_run_time_s, warmup=warmup,
                                threads=threads, sync=sync, thread_control=thread_control,
-                               min_samples=min_samples, unsynchronised=unsynchronised),
+                               min_samples=min_samples, unsynchronised=unsynchronised,
+                               number=fixed),
         times_s=tuple(times),
         cpu_wait_threads=probe.result.wait_threads,
     )
