@@ -221,8 +221,8 @@ _MATMUL_COLUMNS = (
     _c("noise_reason", STR, "why the row is noisy; empty when not"),
     _c("flop", F64, "floating-point operations of one call: 2·m·k·n for products, 0 otherwise",
        "FLOP"),
-    _c("bytes", F64, "bytes moved by one call: operands (m·k + k·n + m·n)·itemsize for products; "
-                     "read + written for copy", "B"),
+    _c("bytes", F64, "bytes moved by one call: operands (m·k + k·n + m·n)·itemsize for "
+                     "products; read + written for copy", "B"),
     _c("gflop_s", F64, "flop / time_s_median / 1e9", "GFLOP/s", True),
     _c("gb_s", F64, "bytes / time_s_median / 1e9", "GB/s", True),
     _c("intensity_flop_per_byte", F64, "arithmetic intensity: flop / bytes", "FLOP/B", True),

@@ -378,7 +378,8 @@ def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_tim
                 "reported": a == best}
                for a, r in enumerate(results) for i, x in enumerate(r.times_s)]
     return {
-        "method": _with_note(backend, job, result.method), "time_s_median": t, "time_s_iqr": result.iqr_s,
+        "method": _with_note(backend, job, result.method),
+        "time_s_median": t, "time_s_iqr": result.iqr_s,
         "n_runs": result.n_runs, "number_per_run": result.number_per_run,
         "attempts": len(results), "cpu_wait_threads": result.cpu_wait_threads,
         "noisy": noise is not None,
