@@ -291,3 +291,28 @@ def test_an_undisturbed_row_is_timed_once():
                           min_run_time_s=1e-3, bandwidth_mib=1, max_attempts=3,
                           wait_limit_threads=math.inf)
     assert (df["attempts"] == 1).all() and not df["noisy"].any()
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason="no schedstat on this system")
+def test_a_cpu_bound_process_on_the_timed_core_gets_the_rows_flagged():
+    """A busy loop started by its PID on the one CPU the stage runs on, stopped by its PID."""
+    import os
+    import subprocess
+    import sys
+
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})
+        df = run_matmul_stage("cpu", ["float32"], [("square", 64, 64, 64)], threads=1,
+                              min_run_time_s=0.05, bandwidth_mib=1, max_attempts=2)
+    finally:
+        os.sched_setaffinity(0, before)
+        hog.kill()
+        hog.wait()
+    # two runnable threads on one CPU: the stage's thread waits about half the time
+    assert df["noisy"].all(), df[["backend", "kind", "cpu_wait_threads"]]
+    assert (df["attempts"] == 2).all() and (df["cpu_wait_threads"] > 0.25).all()
+    assert df["bandwidth_gb_s"].isna().all()  # a noisy copy sets no roof

@@ -206,9 +206,10 @@ class Story:
 
     @staticmethod
     def noisy_list(rows: list[dict], most: int = 5) -> str:
-        items = [f"{series_label(r['backend'], r['device'], r['dtype'])} {r['case']} "
-                 f"{r['kind']} x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']}) "
-                 f"({num(r['cpu_wait_threads'], 2)} threads waiting)" for r in rows[:most]]
+        items = [f"{series_label(r['backend'], r['device'], r['dtype'])} "
+                 + ("copy (the bandwidth reference)" if r["kind"] == "copy" else
+                    f"{r['case']} {r['kind']} x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']})")
+                 + f" ({num(r['cpu_wait_threads'], 2)} threads waiting)" for r in rows[:most]]
         more = len(rows) - most
         return "; ".join(items) + (f"; and {more} more (`tables/matmul.csv`, column `noisy`)"
                                    if more > 0 else "")
