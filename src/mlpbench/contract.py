@@ -43,6 +43,7 @@ __all__ = [
     "ColumnPattern",
     "ContractError",
     "FIGURES",
+    "LESSON_TIMEIT_LOOPS",
     "MATMUL",
     "MATMUL_SAMPLES",
     "SUMMARY",
@@ -170,6 +171,11 @@ _HOST = _c("host", STR, "machine id of the host that ran the job")
 _THREADS = _c("threads", I64, "CPU threads given to torch and NumPy's BLAS", "1")
 _SHAPE = (_DATASET, _DEVICE, _WIDTH, _DEPTH, _LR)
 _MEMBER = (*_SHAPE, _SEED)
+
+
+# Calls per %timeit run in the lesson's timings (lesson_reference) and in the matmul_nosync rows,
+# which time the lesson's product the lesson's way.
+LESSON_TIMEIT_LOOPS = 100
 
 
 def matmul_flop(m: int, k: int, n: int) -> float:

@@ -43,8 +43,8 @@ import pandas as pd
 from mlpbench import backends, guard
 from mlpbench.backends import OperandSpec
 from mlpbench.config import machine_id
-from mlpbench.contract import MATMUL, MATMUL_SAMPLES, matmul_bytes, matmul_flop
-from mlpbench.tables import LESSON_TIMEIT_LOOPS
+from mlpbench.contract import (LESSON_TIMEIT_LOOPS, MATMUL, MATMUL_SAMPLES, matmul_bytes,
+                               matmul_flop)
 from mlpbench.timing import MIN_SAMPLES, describe_method, measure
 
 __all__ = [

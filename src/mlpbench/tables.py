@@ -101,7 +101,8 @@ import numpy as np
 import pandas as pd
 
 from mlpbench import contract
-from mlpbench.contract import MATMUL, SUMMARY, SUMMARY_TABLES, TRAIN, matmul_bytes, matmul_flop
+from mlpbench.contract import (LESSON_TIMEIT_LOOPS, MATMUL, SUMMARY, SUMMARY_TABLES, TRAIN,
+                               matmul_bytes, matmul_flop)
 from mlpbench.io import write_csv_atomic
 
 PathLike = str | os.PathLike
@@ -114,7 +115,6 @@ SHAPE = ["dataset", "device", "width", "depth", "lr"]
 # The lesson's slide "PyTorch's tensors vs NumPy's arrays": %timeit of z = x @ y with
 # x (1 x 6400), y (6400 x 5000), 100 loops each.
 LESSON_CASE = {"m": 1, "k": 6400, "n": 5000}
-LESSON_TIMEIT_LOOPS = 100  # calls per %timeit run in the lesson (the matmul_nosync rows copy it)
 LESSON_NUMBERS = [
     {
         "label": "lesson: torch, CUDA",
