@@ -34,11 +34,29 @@ from mlpbench.present import AXIS_ORDER, AXIS_TITLES
 from mlpbench.tables import load_tables
 
 # --- Where the results are and who renders them (set by the render step) ------------------
-if "MLPBENCH_RESULTS" not in os.environ:
-    raise RuntimeError("set MLPBENCH_RESULTS to the results folder (the one holding tables/)")
-RESULTS = Path(os.environ["MLPBENCH_RESULTS"])
-RENDERER = os.environ.get("MLPBENCH_RENDERER", "not stated")
-RENDERER_DETAIL = os.environ.get("MLPBENCH_RENDERER_DETAIL", RENDERER)
+def results_folder() -> Path:
+    """MLPBENCH_RESULTS, a relative path taken from where the render was started."""
+    given = os.environ.get("MLPBENCH_RESULTS")
+    if not given:
+        raise RuntimeError("set MLPBENCH_RESULTS to the results folder (the one holding tables/)")
+    path = Path(given).expanduser()
+    if not path.is_absolute():
+        # Quarto runs this file in report/, not where `quarto render` was typed; the shell
+        # that started it recorded that folder in PWD.
+        path = Path(os.environ.get("PWD") or os.getcwd()) / path
+    if not (path / "tables").is_dir():
+        raise FileNotFoundError(f"MLPBENCH_RESULTS={given!r}: no tables folder at {path / 'tables'}"
+                                " (run the pipeline first, or name the results folder that "
+                                "holds tables/)")
+    return path
+
+
+RESULTS = results_folder()
+# Set by mlpbench.rendering; absent when someone renders this file directly.
+RENDERER = os.environ.get("MLPBENCH_RENDERER", "direct")
+RENDERER_DETAIL = os.environ.get("MLPBENCH_RENDERER_DETAIL",
+                                 "a renderer run directly, outside the pipeline")
+RENDERER_FALLBACK = os.environ.get("MLPBENCH_RENDERER_FALLBACK")
 # --------------------------------------------------------------------------------------------
 
 TABLES = RESULTS / "tables"
@@ -212,6 +230,8 @@ show(*S.environment_tables())
 
 # %%
 #| echo: false
-show(f"Rendered by {RENDERER_DETAIL} (renderer `{RENDERER}`). The tables behind every number "
+show(f"Rendered by {RENDERER_DETAIL} (renderer `{RENDERER}`)."
+     + (f" Quarto was not used: {RENDERER_FALLBACK}." if RENDERER_FALLBACK else "")
+     + " The tables behind every number "
      f"are in `tables/` of the results folder as Parquet and CSV, the conclusions with their "
      f"rules and evidence in `tables/findings.csv`, the figures in `figures/`.")

@@ -15,10 +15,13 @@ from mlpbench.config import (
     machine_id,
     main,
     read_config_file,
+    validate_config,
 )
+from mlpbench.data import config_schema
 from workflow_helpers import REPO, copy_pipeline, snakemake
 
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+# The schema as the workflow checks it: with the registered data sets filled in.
+SCHEMA = config_schema(yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()))
 
 
 def first_error(config: dict) -> str:
@@ -41,6 +44,20 @@ def first_error(config: dict) -> str:
         ({"train": {"experiments": {"toy": {"data": {}}}}}, ["'data'"]),
         ({"train": {"experiments": {"toy": {"seeds": 0}}}}, ["seeds", "integer n >= 1"]),
         ({"matmul": {"min_run_time_s": 0}}, ["matmul.min_run_time_s", "> 0"]),
+        ({"machine_id": "../etc"}, ["machine_id", '"../etc"', "does not match"]),
+        ({"train": {"threads": 0}}, ["train.threads", ">= 1"]),
+        ({"train": {"decision_grid": {"resolution": 1}}}, ["train.decision_grid.resolution", ">= 2"]),
+        ({"train": {"experiments": {"toy": {"seeds": [1, 1]}}}}, ["toy.seeds", "distinct integers"]),
+        ({"train": {"experiments": {"toy": {"seeds": [2**63]}}}}, ["toy.seeds", "2**63 - 1"]),
+        ({"train": {"experiments": {"toy": {"mode": "random"}}}}, ["toy.mode", "'sweep', 'grid'"]),
+        ({"train": {"experiments": {"toy": {"momentum": 1.5}}}}, ["toy.momentum", "< 1"]),
+        ({"train": {"experiments": {"toy": {"batch_size": 0}}}}, ["toy.batch_size", ">= 1"]),
+        ({"train": {"experiments": {"toy": {"baseline": {"width": 0}}}}}, ["toy.baseline.width", ">= 1"]),
+        ({"train": {"experiments": {"toy": {"epochs": [20.5]}}}}, ["toy.epochs[0]", "20.5", "integer"]),
+        ({"train": {"experiments": {"blobs": {"data": {"test_size": 1.5}}}}},
+         ["blobs.data.test_size", "1.5", "< 1"]),
+        ({"train": {"experiments": {"blobs": {"data": {"random_state": 2**32}}}}},
+         ["blobs.data.random_state", "<= 4294967295"]),
     ],
 )
 def test_schema_errors_name_key_value_and_allowed(config, expected):
@@ -50,10 +67,8 @@ def test_schema_errors_name_key_value_and_allowed(config, expected):
 
 
 def test_defaults_are_the_lessons():
-    from snakemake.utils import validate
-
     config: dict = {}
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    validate_config(config, SCHEMA)
     toy = config["train"]["experiments"]["toy"]
     assert toy["baseline"] == {"epochs": 1000, "width": 4, "depth": 1, "lr": 0.001}
     assert toy["batch_size"] is None and toy["momentum"] == 0.0
@@ -73,8 +88,6 @@ def test_helpers():
     assert key_path(["a", "b", 0, "c"]) == "a.b[0].c"
     assert machine_id("lab-pc_1") == "lab-pc_1"
     assert machine_id(None) and "/" not in machine_id(None)
-    with pytest.raises(ValueError, match="machine_id"):
-        machine_id("../etc")
     assert config_hash({"a": 1, "b": [2]}) == config_hash({"b": [2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
@@ -207,3 +220,52 @@ def test_snakemake_refuses_dotted_keys_as_the_readme_says(tmp_path):
     assert "Config entry must start with a valid identifier" in result.stdout + result.stderr
     readme = " ".join((REPO / "README.md").read_text().split())
     assert '--config matmul.threads=2` stops with "Config entry must start with a valid identifier"' in readme
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("train={experiments: {toy: {lr: [.nan]}}}",
+         "invalid config at 'train.experiments.toy.lr[0]': NaN is not allowed (not a finite number)"),
+        ("matmul={bandwidth_mib: 10000000}",
+         "invalid config at 'matmul.bandwidth_mib': 10000000 is not allowed (the bandwidth reference"),
+    ],
+)
+def test_what_the_schema_cannot_say_stops_snakemake_in_one_line(tmp_path, value, fragment):
+    work = copy_pipeline(tmp_path)
+    line = one_line_error(snakemake(work, "--dry-run", "--config", value), fragment)
+    assert "Allowed: " in line
+    assert not (work / "results").exists()
+
+
+def test_integer_valued_floats_run_as_integers(tmp_path):
+    work = copy_pipeline(tmp_path)
+    (work / "tiny.yaml").write_text((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    result = snakemake(work, "--dry-run", "--configfile", "tiny.yaml",
+                       "--config", "train={experiments: {toy: {epochs: [20.0, 50.0], seeds: 3.0}}}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder``: its bytes and modification time."""
+    return {path.relative_to(folder): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_refused_cross_field_config_leaves_existing_results_byte_identical(tmp_path):
+    work = copy_pipeline(tmp_path)
+    tiny = (REPO / "tests" / "configs" / "tiny.yaml").read_text()
+    (work / "tiny.yaml").write_text(tiny)
+    good = snakemake(work, "results/machine/test-machine.json", "--cores", "1",
+                     "--configfile", "tiny.yaml")
+    assert good.returncode == 0, good.stderr[-2000:]
+    before = snapshot(work / "results")
+    assert before
+    # Passes the schema; its grid's baseline (width 16) is not on the grid's width axis [4, 8].
+    bad = yaml.safe_load(tiny)
+    bad["train"]["experiments"]["blobs"]["baseline"]["width"] = 16
+    (work / "bad.yaml").write_text(yaml.safe_dump(bad))
+    line = one_line_error(snakemake(work, "--cores", "1", "--configfile", "bad.yaml"),
+                          "invalid config at 'train.experiments.blobs.baseline.width'")
+    assert "16 is not allowed" in line and "Allowed: one of train.experiments.blobs.width: 4, 8." in line
+    assert snapshot(work / "results") == before

@@ -166,34 +166,11 @@ def test_one_failed_measurement_does_not_stop_the_others(monkeypatch):
     assert (df.drop(bad.index)["status"] == "ok").all()
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"device": "gpu"}, r"^device: got 'gpu'; allowed: one of \['cpu', 'cuda'\]"),
-        ({"dtypes": ["float16"]}, r"^dtypes: got 'float16'; allowed"),
-        ({"dtypes": []}, r"^dtypes: got \[\]; allowed"),
-        ({"dtypes": ["float32", "float32"]}, r"^dtypes: .*at most once"),
-        ({"shapes": [("square", 0, 0, 0)]}, r"^shapes\[0\]: got .*integers >= 1"),
-        ({"shapes": [("cube", 2, 2, 2)]}, r"^shapes\[0\]: got case 'cube'; allowed"),
-        ({"shapes": [("lesson", 1, 2, 3), ("gemv", 2, 3, 4)]}, r"^shapes\[1\]: .*m == 1"),
-        ({"shapes": [("square", 2, 3, 4)]}, r"^shapes\[0\]: .*m == k == n"),
-        ({"shapes": [("lesson", 1, 2)]}, r"^shapes\[0\]: got .*\(case, m, k, n\)"),
-        ({"shapes": []}, r"^shapes: got an empty list"),
-        ({"threads": 0}, r"^threads: got 0; allowed: an integer >= 1"),
-        ({"threads": 1.5}, r"^threads: got 1.5; allowed"),
-        ({"min_run_time_s": 0}, r"^min_run_time_s: got 0; allowed: a number > 0"),
-        ({"min_run_time_s": -1.0}, r"^min_run_time_s: got -1.0"),
-        ({"bandwidth_mib": 0}, r"^bandwidth_mib: got 0; allowed: an integer >= 1"),
-        ({"min_samples": 0}, r"^min_samples: got 0; allowed: an integer >= 1"),
-        ({"min_samples": 2.5}, r"^min_samples: got 2.5; allowed"),
-        ({"max_attempts": 0}, r"^max_attempts: got 0; allowed: an integer >= 1"),
-    ],
-)
-def test_bad_inputs_are_rejected_naming_the_field(changes, message):
-    args = {"device": "cpu", "dtypes": ["float32"], "shapes": TINY, "threads": 1,
-            "min_run_time_s": 0.01, "bandwidth_mib": 1} | changes
-    with pytest.raises(ValueError, match=message):
-        run_matmul_stage(**args)
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_max_attempts_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=r"^max_attempts: got .*; allowed: an integer >= 1"):
+        run_matmul_stage("cpu", ["float32"], TINY, threads=1, min_run_time_s=0.01,
+                         bandwidth_mib=1, max_attempts=bad)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA unavailable")

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ from mlpbench.rendering import (
     RenderError,
     choose_renderer,
     external_resources,
+    parse_version,
     quarto_command,
+    quarto_version,
     quarto_workdir,
     render,
 )
@@ -49,11 +52,18 @@ SECTIONS = [
 URL = re.compile(r"^\s*(https?:)?//", re.I)
 
 
+OLD_QUARTO = "1.3.450"  # the last Quarto before percent-format scripts
+
+
 @pytest.fixture(scope="module", params=["cpu_only", "with_cuda"])
 def rendered(request, tmp_path_factory):
     root = write_results(tmp_path_factory.mktemp(request.param), cuda=request.param == "with_cuda")
     out = root / "report" / "report.html"
-    used = render(REPORT, out, root, renderer="nbconvert", timeout_s=300)
+    # A Quarto too old for percent-format scripts on PATH: auto falls back and says why.
+    bin_dir = _fake_quarto(root / "old-quarto", version=OLD_QUARTO)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        used = render(REPORT, out, root, renderer="auto", timeout_s=300)
     html = out.read_text(encoding="utf-8")
     return {"scenario": request.param, "root": root, "used": used, "html": html,
             "soup": BeautifulSoup(html, "html.parser")}
@@ -69,11 +79,27 @@ def _rows(table) -> int:
 
 
 def test_fallback_names_itself_and_the_page_title(rendered):
-    assert rendered["used"] == "nbconvert"
+    assert rendered["used"].name == "nbconvert"
     soup = rendered["soup"]
     assert soup.title.get_text() == TITLE
-    about = soup.get_text()
+    about = _section_text(soup, "About this report")
     assert "jupytext" in about and "nbconvert" in about
+
+
+def test_report_says_why_quarto_was_not_used(rendered):
+    reason = rendered["used"].fallback_reason
+    assert f"is Quarto {OLD_QUARTO}, older than 1.4" in reason
+    about = re.sub(r"\s+", " ", _section_text(rendered["soup"], "About this report"))
+    assert f"Quarto was not used: {reason}." in about
+
+
+def test_report_names_the_machine_id(rendered):
+    from synthetic_results import HOST
+
+    rows = {tr.find_all("td")[0].get_text(strip=True): tr.find_all("td")[1].get_text(strip=True)
+            for tr in _table_after(rendered["soup"], "Environment").find("tbody").find_all("tr")}
+    assert rows["run (machine_id)"] == HOST
+    assert f"Run: {HOST} . Machine: {HOST}" in rendered["soup"].get_text(" ", strip=True)
 
 
 def test_every_section_is_present_in_order(rendered):
@@ -194,7 +220,7 @@ def test_prose_numbers_come_from_the_tables(rendered):
 def test_report_renders_when_nothing_was_available(tmp_path):
     root = write_results(tmp_path, cuda=False, only_cuda=True)
     out = root / "report" / "report.html"
-    assert render(REPORT, out, root, renderer="nbconvert", timeout_s=300) == "nbconvert"
+    assert render(REPORT, out, root, renderer="nbconvert", timeout_s=300).name == "nbconvert"
     soup = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser")
     headings = [t.get_text().strip("¶ \n") for t in soup.find_all(["h2", "h3"])]
     assert [h for h in headings if h in SECTIONS] == SECTIONS
@@ -206,6 +232,9 @@ def test_report_renders_when_nothing_was_available(tmp_path):
 
 def test_inconsistent_timings_are_flagged_not_explained_away(tmp_path):
     import pandas as pd
+
+    from mlpbench.findings import findings_table
+    from mlpbench.tables import load_tables
 
     root = write_results(tmp_path, cuda=False, figures=True)
     path = root / "tables" / "matmul.parquet"
@@ -219,6 +248,8 @@ def test_inconsistent_timings_are_flagged_not_explained_away(tmp_path):
     twin = lesson.copy()
     twin["case"], twin["time_s_median"] = "gemv", lesson["time_s_median"] / 2
     pd.concat([mm, twin.to_frame().T.astype(mm.dtypes)], ignore_index=True).to_parquet(path)
+    # The conclusions are data computed at aggregation: recompute them from the edited table.
+    findings_table(load_tables(root / "tables")).to_parquet(root / "tables" / "findings.parquet")
     out = root / "report" / "report.html"
     render(REPORT, out, root, renderer="nbconvert", timeout_s=300)
     text = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser").get_text(" ")
@@ -233,18 +264,56 @@ def test_a_failing_cell_fails_the_render(tmp_path):
     src.write_text('# %% [markdown]\n# ---\n# title: "broken"\n# ---\n\n'
                    '# %%\nraise ValueError("boom from a report cell")\n')
     out = tmp_path / "out" / "broken.html"
-    with pytest.raises(Exception, match="boom from a report cell"):
+    with pytest.raises(RenderError, match="boom from a report cell") as failed:
         render(src, out, tmp_path, renderer="nbconvert", timeout_s=120)
+    assert "\x1b" not in str(failed.value)  # plain text, no terminal colours
     assert not out.exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no scratch folder left
 
 
-def test_auto_picks_the_fallback_without_quarto(monkeypatch):
+def test_missing_results_are_named(tmp_path):
+    out = tmp_path / "out" / "report.html"
+    with pytest.raises(RenderError, match=r"no tables folder at .*nowhere/tables"):
+        render(REPORT, out, tmp_path / "nowhere", renderer="nbconvert", timeout_s=120)
+
+
+def test_auto_picks_the_fallback_without_quarto(monkeypatch, caplog):
     monkeypatch.setattr(rendering.shutil, "which", lambda name: None)
-    assert choose_renderer("auto") == "nbconvert"
+    chosen = choose_renderer("auto")
+    assert (chosen.name, chosen.fallback_reason) == ("nbconvert", "quarto is not on PATH")
+    assert "Quarto not used: quarto is not on PATH" in caplog.text
     with pytest.raises(RenderError, match="not on PATH"):
         choose_renderer("quarto")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'pandoc'"):
         choose_renderer("pandoc")
+    assert choose_renderer("nbconvert").fallback_reason is None  # asked for: nothing to explain
+
+
+def test_versions_are_parsed():
+    assert parse_version("1.7.34\n") == (1, 7, 34)
+    assert parse_version("1.4") == (1, 4, 0)
+    assert parse_version("99.9.9") == (99, 9, 9)
+    assert parse_version("quarto") is None
+
+
+@pytest.mark.parametrize("fake, reason", [
+    ({"version": "1.3.450"}, r"is Quarto 1\.3\.450, older than 1\.4"),
+    ({"version": "", "version_exit": 3}, r"'.*quarto --version' failed \(exit 3\): broken install"),
+    ({"version": "not a version"}, r"printed 'not a version', not a version number"),
+])
+def test_old_or_broken_quarto_falls_back_with_the_reason(tmp_path, monkeypatch, caplog, fake,
+                                                          reason):
+    bin_dir = _fake_quarto(tmp_path / "bin", **fake)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QUARTO_LOG", str(tmp_path / "quarto.json"))
+    chosen = choose_renderer("auto")
+    assert chosen.name == "nbconvert"
+    assert re.search(reason, chosen.fallback_reason)
+    assert re.search("Quarto not used: .*" + reason, caplog.text)
+    assert "\x1b" not in chosen.fallback_reason
+    with pytest.raises(RenderError, match="renderer 'quarto' asked for, but .*" + reason):
+        choose_renderer("quarto")
+    assert not (tmp_path / "quarto.json").exists()  # never asked to render
 
 
 def test_quarto_command_and_workdir():
@@ -254,7 +323,8 @@ def test_quarto_command_and_workdir():
     assert quarto_command(copy) == ["quarto", "render", str(copy), "--to", "html"]
 
 
-def _fake_quarto(bin_dir: Path, exit_code: int = 0) -> Path:
+def _fake_quarto(bin_dir: Path, exit_code: int = 0, version: str = "1.6.40",
+                 version_exit: int = 0) -> Path:
     """A stand-in on PATH that records how it was called and writes what quarto would."""
     bin_dir.mkdir()
     script = bin_dir / "quarto"
@@ -262,16 +332,22 @@ def _fake_quarto(bin_dir: Path, exit_code: int = 0) -> Path:
 import json, os, sys
 from pathlib import Path
 if sys.argv[1:] == ["--version"]:
-    print("1.6.40")
-    sys.exit(0)
+    if {version_exit}:
+        sys.stderr.write("\\x1b[31mbroken install\\x1b[39m\\n")
+    print({version!r})
+    sys.exit({version_exit})
 src = Path(sys.argv[2])
+kernels = os.environ["JUPYTER_PATH"].split(os.pathsep)[0]
 Path(os.environ["FAKE_QUARTO_LOG"]).write_text(json.dumps({{
     "argv": sys.argv[1:], "cwd": os.getcwd(), "source": src.read_text(),
     "env": {{k: os.environ.get(k) for k in ("MLPBENCH_RESULTS", "MLPBENCH_RENDERER",
-                                           "MLPBENCH_RENDERER_DETAIL", "QUARTO_PYTHON")}},
+                                           "MLPBENCH_RENDERER_DETAIL", "QUARTO_PYTHON",
+                                           "NO_COLOR")}},
+    "kernel": json.loads((Path(kernels) / "kernels" / "python3" / "kernel.json").read_text()),
 }}))
+print("\\x1b[1mpandoc\\x1b[22m progress")
 if {exit_code}:
-    sys.stderr.write("ERROR: cell failed\\n")
+    sys.stderr.write("\\x1b[31mERROR: cell failed\\x1b[39m\\n")
     sys.exit({exit_code})
 src.with_suffix(".html").write_text("<html><body>quarto output</body></html>")
 """)
@@ -287,9 +363,10 @@ def test_quarto_renders_a_copy_in_the_output_folder(tmp_path, monkeypatch):
     before = sorted(p.name for p in REPORT.parent.iterdir())
     out = tmp_path / "results" / "report" / "report.html"
 
-    used = render(REPORT, out, tmp_path / "results", renderer="auto")
+    with open(tmp_path / "report.log", "w") as log_stream:
+        used = render(REPORT, out, tmp_path / "results", renderer="auto", log_stream=log_stream)
 
-    assert used == "quarto"
+    assert (used.name, used.detail, used.fallback_reason) == ("quarto", "Quarto 1.6.40", None)
     call = json.loads(log.read_text())
     copy = quarto_workdir(out.resolve()) / "report.py"
     assert call["argv"] == ["render", str(copy), "--to", "html"]
@@ -299,19 +376,114 @@ def test_quarto_renders_a_copy_in_the_output_folder(tmp_path, monkeypatch):
     assert call["env"]["MLPBENCH_RENDERER"] == "quarto"
     assert call["env"]["MLPBENCH_RENDERER_DETAIL"] == "Quarto 1.6.40"
     assert call["env"]["QUARTO_PYTHON"] == sys.executable
+    assert call["env"]["NO_COLOR"] == "1"
+    # The first python3 kernelspec on Jupyter's path starts this interpreter.
+    assert call["kernel"]["argv"][0] == sys.executable
     assert out.read_text() == "<html><body>quarto output</body></html>"
     assert not copy.parent.exists()  # the job's scratch copy is cleaned up
     assert sorted(p.name for p in REPORT.parent.iterdir()) == before  # report/ untouched
+    # Quarto's own output is kept, as plain text.
+    kept = (tmp_path / "report.log").read_text()
+    assert "pandoc progress" in kept and "\x1b" not in kept
 
 
-def test_quarto_failure_is_reported(tmp_path, monkeypatch):
+def test_quarto_failure_is_reported_in_plain_text_and_cleaned_up(tmp_path, monkeypatch):
     bin_dir = _fake_quarto(tmp_path / "bin", exit_code=1)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_QUARTO_LOG", str(tmp_path / "quarto.json"))
     out = tmp_path / "results" / "report" / "report.html"
-    with pytest.raises(RenderError, match="cell failed"):
+    with pytest.raises(RenderError, match="ERROR: cell failed") as failed:
         render(REPORT, out, tmp_path / "results", renderer="quarto")
+    assert "\x1b" not in str(failed.value)
     assert not out.exists()
+    assert not quarto_workdir(out).exists()
+
+
+# --------------------------------------------------------------------------- the kernel
+
+KERNEL_CHECK = """# %% [markdown]
+# ---
+# title: "kernel check"
+# format:
+#   html:
+#     embed-resources: true
+# jupyter: python3
+# ---
+
+# %%
+import os, sys
+print("KERNEL", sys.executable, os.environ.get("SHADOW_KERNEL", "job"), "pid", os.getpid())
+"""
+QUARTO_PROBLEM = quarto_version()[1]
+
+
+@pytest.fixture(params=["broken", "other"])
+def shadowing_kernelspec(request, tmp_path, monkeypatch):
+    """A ``python3`` kernelspec first on Jupyter's path that is not this job's interpreter.
+
+    ``broken`` points to a Python that does not exist (the kernel dies at start); ``other``
+    works but marks itself, as a kernel in another environment would run silently.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    data = tmp_path / f"jupyter-{request.param}"
+    spec = data / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    python = sys.executable if request.param == "other" else str(tmp_path / "no-such-python")
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (another environment)", "language": "python",
+        "env": {"SHADOW_KERNEL": "shadow"},
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(data))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    # The shadow is what Jupyter would start by default.
+    assert Path(KernelSpecManager().get_kernel_spec("python3").resource_dir) == spec
+    return request.param
+
+
+@pytest.mark.parametrize("renderer", [
+    "nbconvert",
+    pytest.param("quarto", marks=pytest.mark.skipif(
+        QUARTO_PROBLEM is not None, reason=f"no usable Quarto: {QUARTO_PROBLEM}")),
+])
+def test_the_report_runs_in_the_jobs_interpreter(renderer, shadowing_kernelspec, tmp_path):
+    src = tmp_path / "kernel_check.py"
+    src.write_text(KERNEL_CHECK)
+    out = tmp_path / "out" / "kernel_check.html"
+    used = render(src, out, tmp_path, renderer=renderer, timeout_s=300)
+    assert used.name == renderer
+    text = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser").get_text(" ")
+    assert f"KERNEL {sys.executable} job" in text
+
+
+def test_a_fallback_render_prints_no_kernel_warnings(tmp_path, capfd):
+    src = tmp_path / "kernel_check.py"
+    src.write_text(KERNEL_CHECK)
+    capfd.readouterr()
+    out_html = tmp_path / "out" / "kernel_check.html"
+    render(src, out_html, tmp_path, renderer="nbconvert")
+    out, err = capfd.readouterr()
+    # ipykernel warns about TCP without encryption; the fallback talks IPC instead.
+    assert "IPKernelApp" not in out + err and "WARNING" not in out + err, out + err
+    # The kernel was shut down, not left to notice later that its parent has gone.
+    pid = int(re.search(r"pid (\d+)", out_html.read_text(encoding="utf-8")).group(1))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.skipif(QUARTO_PROBLEM is not None, reason=f"no usable Quarto: {QUARTO_PROBLEM}")
+def test_real_quarto_output_goes_to_the_log_not_the_terminal(tmp_path, capfd):
+    src = tmp_path / "kernel_check.py"
+    src.write_text(KERNEL_CHECK)
+    capfd.readouterr()
+    with open(tmp_path / "report.log", "w") as log_stream:
+        render(src, tmp_path / "out" / "kernel_check.html", tmp_path, renderer="quarto",
+               log_stream=log_stream)
+    out, err = capfd.readouterr()
+    assert out + err == ""
+    kept = (tmp_path / "report.log").read_text()
+    assert "Output created: kernel_check.html" in kept and "\x1b" not in kept
 
 
 def test_external_resources_are_detected():
@@ -322,3 +494,33 @@ def test_external_resources_are_detected():
     # A URL inside inline JavaScript is text, not a load; a script's own src is a load.
     assert external_resources('<script>var u = "src=https://x.example";</script>') == []
     assert external_resources('<script src="http://x.example/a.js"></script>')
+
+
+@pytest.mark.skipif(QUARTO_PROBLEM is not None, reason=f"no usable Quarto: {QUARTO_PROBLEM}")
+def test_direct_quarto_render_from_the_repository_root(tmp_path):
+    """``MLPBENCH_RESULTS=results quarto render report/report.py``, as the README shows."""
+    import subprocess
+
+    repo = tmp_path / "clone"
+    shutil.copytree(REPORT.parent, repo / "report", ignore=shutil.ignore_patterns(".quarto"))
+    write_results(repo / "results", cuda=False)
+    env = {**os.environ, "MLPBENCH_RESULTS": "results", "PWD": str(repo),
+           "QUARTO_PYTHON": sys.executable}
+    for key in ("MLPBENCH_RENDERER", "MLPBENCH_RENDERER_DETAIL", "MLPBENCH_RENDERER_FALLBACK"):
+        env.pop(key, None)
+    done = subprocess.run(["quarto", "render", "report/report.py"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    html = (repo / "results" / "report" / "report.html").read_text(encoding="utf-8")
+    assert TITLE in html and '<meta name="generator" content="quarto-' in html
+    assert "Rendered by a renderer run directly, outside the pipeline" in html
+    # Nothing rendered is left in the source folder (Quarto's cache is git-ignored).
+    assert sorted(p.name for p in (repo / "report").iterdir()) == [".quarto", "_quarto.yml",
+                                                                     "report.py"]
+
+    # A results folder that does not exist is named.
+    env["MLPBENCH_RESULTS"] = "no-such-results"
+    done = subprocess.run(["quarto", "render", "report/report.py"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert f"no tables folder at {repo / 'no-such-results' / 'tables'}" in done.stdout + done.stderr

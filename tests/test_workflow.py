@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -12,9 +13,26 @@ import torch
 import yaml
 
 from mlpbench.contract import TRAIN_TABLES
+from mlpbench.rendering import quarto_version
 from workflow_helpers import REPO, TINY, copy_pipeline, snakemake
 
 CUDA = torch.cuda.is_available()
+QUARTO_PROBLEM = quarto_version()[1]
+needs_quarto = pytest.mark.skipif(QUARTO_PROBLEM is not None,
+                                  reason=f"Quarto render path not exercised: {QUARTO_PROBLEM}")
+OLD_QUARTO = "1.3.450"
+
+
+def _keep_report(work, name: str, result) -> dict:
+    """Copy the report and its log aside: a later re-render replaces them."""
+    kept = work / "kept" / name
+    kept.mkdir(parents=True)
+    shutil.copy(work / "results" / "report" / "report.html", kept / "report.html")
+    shutil.copy(work / "logs" / "report.log", kept / "report.log")
+    (kept / "terminal.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
+    return {"html": (kept / "report.html").read_text(encoding="utf-8"),
+            "log": (kept / "report.log").read_text(encoding="utf-8"),
+            "terminal": result.stdout + result.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +41,34 @@ def run(tmp_path_factory):
     shutil.copy(TINY, work / "tiny.yaml")
     result = snakemake(work, "--cores", "2", "--configfile", "tiny.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _keep_report(work, "auto", result)
     return work
+
+
+@pytest.fixture(scope="module")
+def auto_report(run):
+    """The full run's report: Quarto where a usable one is on PATH, else the fallback."""
+    kept = run / "kept" / "auto"
+    return {name: (kept / file).read_text(encoding="utf-8")
+            for name, file in (("html", "report.html"), ("log", "report.log"),
+                               ("terminal", "terminal.txt"))}
+
+
+@pytest.fixture(scope="module")
+def fallback_report(run, tmp_path_factory):
+    """The report step alone again, with a Quarto too old for percent scripts first on PATH."""
+    bin_dir = tmp_path_factory.mktemp("old-quarto")
+    fake = bin_dir / "quarto"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && echo {OLD_QUARTO} && exit 0\n"
+                    "echo 'this Quarto cannot render report.py' >&2; exit 1\n")
+    fake.chmod(0o755)
+    (run / "logs" / "report.log").unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        result = snakemake(run, "--cores", "2", "--configfile", "tiny.yaml", "--forcerun",
+                           "report", "--until", "report")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return _keep_report(run, "fallback", result)
 
 
 def test_declared_names_match_the_library():
@@ -140,13 +185,47 @@ def test_aggregated_tables_and_figures(run):
     assert len(list((run / "results" / "figures").glob("*.png"))) == 8
 
 
-def test_report_is_self_contained(run):
-    html = (run / "results" / "report" / "report.html").read_text()
+def _assert_self_contained(html: str) -> None:
     assert html.count("data:image/png;base64,") >= 8
-    assert not re.search(r"""(?:src|href)\s*=\s*["']?https?://""", html)
-    assert "nbconvert" in html or "Quarto" in html
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
+    assert "test-machine" in html  # the config's machine_id
     if not CUDA:
         assert "CUDA unavailable" in html or "CUDA was unavailable" in html
+
+
+def test_report_is_self_contained(auto_report):
+    _assert_self_contained(auto_report["html"])
+    assert "nbconvert" in auto_report["html"] or "Quarto" in auto_report["html"]
+
+
+def test_no_kernel_noise_on_the_terminal(auto_report, fallback_report):
+    # ipykernel's "Kernel is running over TCP without encryption" and the like.
+    for report in (auto_report, fallback_report):
+        assert "IPKernelApp" not in report["terminal"]
+        assert "without encryption" not in report["terminal"]
+
+
+@needs_quarto
+def test_report_is_rendered_by_quarto(run, auto_report):
+    html, log = auto_report["html"], auto_report["log"]
+    _assert_self_contained(html)
+    assert '<meta name="generator" content="quarto-' in html
+    assert re.search(r"Rendered by Quarto \d+\.\d+", html)
+    assert "Quarto was not used" not in html
+    # Quarto's own output is kept in the job's log, as plain text.
+    assert "Output created: report.html" in log and "\x1b" not in log
+    assert not (run / "results" / "report" / ".report.quarto").exists()
+
+
+def test_fallback_renders_and_says_why_quarto_was_not_used(fallback_report):
+    html, log = fallback_report["html"], fallback_report["log"]
+    _assert_self_contained(html)
+    assert "the fallback renderer: jupytext" in html
+    reason = f"is Quarto {OLD_QUARTO}, older than 1.4, the first Quarto that renders a " \
+             f"percent-format .py script"
+    assert "Quarto not used: " in log and reason in log
+    assert "Quarto was not used: " in html and reason in html
+    assert "IPKernelApp" not in log  # the fallback's kernel talks IPC: no TCP warning
 
 
 def test_changed_config_rebuilds_only_what_it_must_and_never_reads_stale_files(run, tmp_path):

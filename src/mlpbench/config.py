@@ -27,7 +27,7 @@ def key_path(path) -> str:
     return out or "<top level>"
 
 
-def _resolve(schema: dict, root: dict) -> dict:
+def resolve(schema: dict, root: dict) -> dict:
     """Follow a local ``$ref`` (``#/$defs/...``) and merge it under the sibling keywords."""
     ref = schema.get("$ref")
     if not ref or not ref.startswith("#/"):
@@ -35,25 +35,31 @@ def _resolve(schema: dict, root: dict) -> dict:
     target = root
     for part in ref[2:].split("/"):
         target = target[part]
-    merged = dict(_resolve(target, root))
+    merged = dict(resolve(target, root))
     merged["properties"] = {**target.get("properties", {}), **schema.get("properties", {})}
     merged.update({k: v for k, v in schema.items() if k not in ("$ref", "properties")})
     return merged
 
 
-def _allowed(schema: dict, root: dict) -> str:
-    schema = _resolve(schema, root)
+def number_bounds(schema: dict) -> list[str]:
+    """``[">= 1", "< 1"]``: the bounds a schema puts on a number, as the messages write them."""
+    return [f"{word} {schema[key]}"
+            for word, key in ((">=", "minimum"), (">", "exclusiveMinimum"),
+                              ("<=", "maximum"), ("<", "exclusiveMaximum"))
+            if key in schema]
+
+
+def allowed_values(schema: dict, root: dict) -> str:
+    """What the schema allows at a key, in words: its enum, keys, type and bounds, or description."""
+    schema = resolve(schema, root)
     if "enum" in schema:
         return "one of " + ", ".join(map(repr, schema["enum"]))
     if "properties" in schema and schema.get("propertyNames", {}).get("enum"):
         return "keys " + ", ".join(schema["propertyNames"]["enum"])
     if "properties" in schema:
         return "keys " + ", ".join(schema["properties"])
-    bounds = []
-    for word, key in (("type", "type"), (">=", "minimum"), (">", "exclusiveMinimum"),
-                      ("<=", "maximum"), ("<", "exclusiveMaximum")):
-        if key in schema:
-            bounds.append(f"{word} {schema[key]}")
+    bounds = [f"type {schema['type']}"] if "type" in schema else []
+    bounds += number_bounds(schema)
     if schema.get("minItems"):
         bounds.append(f"at least {schema['minItems']} item(s)")
     return ", ".join(bounds) or schema.get("description", "see the schema")
@@ -68,10 +74,15 @@ def explain(error: ValidationError, root: dict) -> str:
         what = f"{json.dumps(error.instance, default=str)} is not allowed"
     else:
         what = f"{json.dumps(error.instance, default=str)} is not allowed ({error.message})"
-    allowed = _allowed(error.schema, root)
-    description = _resolve(error.schema, root).get("description")
+    allowed = allowed_values(error.schema, root)
+    description = resolve(error.schema, root).get("description")
     if error.validator == "oneOf" and description:
         allowed = description
+    return invalid(where, what, allowed)
+
+
+def invalid(where: str, what: str, allowed: str) -> str:
+    """``invalid config at 'KEY': WHAT. Allowed: ALLOWED.``: the one style of every config error."""
     return f"invalid config at '{where}': {what}. Allowed: {allowed.rstrip('.')}."
 
 
@@ -85,6 +96,33 @@ def find_validation_error(exc: BaseException) -> ValidationError | None:
         inner = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
         exc = inner[0] if inner else (exc.__cause__ or exc.__context__)
     return None
+
+
+def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Validate ``config`` against the parsed ``schema`` (JSON Schema 2020-12), filling defaults.
+
+    As ``snakemake.utils.validate`` does, a key left out takes its ``default`` (before its own
+    keys are checked, so defaults fill nested mappings too); each default is a copy, so no two
+    keys share one mutable value. Takes the schema as a document, not a file, so that the
+    workflow can check against the schema with the registered data sets filled in (see
+    :func:`mlpbench.data.config_schema`). Raises ``jsonschema.ValidationError`` at the first
+    error, which :func:`explain` turns into one sentence.
+    """
+    import copy
+
+    from jsonschema import Draft202012Validator, validators
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+    validator(schema).validate(config)
 
 
 class ConfigError(ValueError):
@@ -163,13 +201,8 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def machine_id(explicit: str | None = None) -> str:
-    """``explicit`` if given (checked: it names files), else the sanitised short hostname."""
+    """``explicit`` if given (the schema's pattern has checked it), else the sanitised short hostname."""
     if explicit is not None:
-        if not isinstance(explicit, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", explicit):
-            raise ValueError(
-                f"machine_id: got {explicit!r}; allowed: letters, digits, '.', '_', '-', "
-                "starting with a letter or digit"
-            )
         return explicit
     name = (socket.gethostname() or platform.node()).split(".")[0].lower()
     name = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")

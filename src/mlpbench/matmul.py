@@ -32,7 +32,6 @@ of :mod:`mlpbench.backends`; nothing here is specific to one library.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -58,7 +57,6 @@ __all__ = [
     "measure_matmul_stage",
     "run_matmul_stage",
     "shapes_from_config",
-    "validate_stage_inputs",
     "with_roofs",
 ]
 
@@ -96,65 +94,6 @@ def shapes_from_config(matmul_cfg: Mapping[str, Any]) -> list[Shape]:
     shapes += [("square", s, s, s) for s in matmul_cfg.get("square", [])]
     shapes += [("gemv", 1, k, n) for k, n in matmul_cfg.get("gemv", [])]
     return shapes
-
-
-def validate_stage_inputs(
-    device: str,
-    dtypes: Sequence[str],
-    shapes: Iterable[Sequence[Any]],
-    threads: int,
-    min_run_time_s: float,
-    bandwidth_mib: int,
-    min_samples: int = MIN_SAMPLES,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> list[Shape]:
-    """Raise ``ValueError`` naming the field, the bad value and what is allowed; return shapes."""
-    if device not in DEVICES:
-        raise ValueError(f"device: got {device!r}; allowed: one of {list(DEVICES)}")
-    if isinstance(dtypes, str) or not isinstance(dtypes, Sequence) or not dtypes:
-        raise ValueError(f"dtypes: got {dtypes!r}; allowed: a non-empty list from {list(DTYPES)}")
-    for dtype in dtypes:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtypes: got {dtype!r}; allowed: {list(DTYPES)}")
-    if len(set(dtypes)) != len(dtypes):
-        raise ValueError(f"dtypes: got {list(dtypes)!r}; allowed: each dtype at most once")
-    if not _is_int(threads) or threads < 1:
-        raise ValueError(f"threads: got {threads!r}; allowed: an integer >= 1")
-    if (isinstance(min_run_time_s, bool) or not isinstance(min_run_time_s, numbers.Real)
-            or not math.isfinite(min_run_time_s) or min_run_time_s <= 0):
-        raise ValueError(f"min_run_time_s: got {min_run_time_s!r}; allowed: a number > 0")
-    if not _is_int(bandwidth_mib) or bandwidth_mib < 1:
-        raise ValueError(f"bandwidth_mib: got {bandwidth_mib!r}; allowed: an integer >= 1")
-    if not _is_int(min_samples) or min_samples < 1:
-        raise ValueError(f"min_samples: got {min_samples!r}; allowed: an integer >= 1")
-    if not _is_int(max_attempts) or max_attempts < 1:
-        raise ValueError(f"max_attempts: got {max_attempts!r}; allowed: an integer >= 1")
-
-    checked: list[Shape] = []
-    for i, shape in enumerate(shapes):
-        field = f"shapes[{i}]"
-        if isinstance(shape, str) or not isinstance(shape, Sequence) or len(shape) != 4:
-            raise ValueError(f"{field}: got {shape!r}; allowed: (case, m, k, n)")
-        case, *dims = shape
-        if case not in CASES:
-            raise ValueError(f"{field}: got case {case!r}; allowed: one of {list(CASES)}")
-        if not all(_is_int(d) and d >= 1 for d in dims):
-            raise ValueError(f"{field}: got {shape!r}; allowed: m, k, n integers >= 1")
-        m, k, n = (int(d) for d in dims)
-        if case == "square" and not m == k == n:
-            raise ValueError(f"{field}: got {shape!r}; allowed: case 'square' needs m == k == n")
-        if case == "gemv" and m != 1:
-            raise ValueError(f"{field}: got {shape!r}; allowed: case 'gemv' needs m == 1")
-        if (case, m, k, n) in checked:
-            raise ValueError(f"{field}: got {shape!r} again; allowed: each shape at most once")
-        checked.append((case, m, k, n))
-    if not checked:
-        raise ValueError("shapes: got an empty list; allowed: at least one (case, m, k, n)")
-    return checked
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,8 +205,8 @@ def measure_matmul_stage(
     gives the full set of rows with status "unavailable"; a failure of one measurement (out of
     memory, say) gives status "error" for that row and the rest go on.
     """
-    checked = validate_stage_inputs(device, dtypes, shapes, threads, min_run_time_s,
-                                    bandwidth_mib, min_samples, max_attempts)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"max_attempts: got {max_attempts!r}; allowed: an integer >= 1")
     host = machine_id(host)
     unavailable = {name: backends.get(name).unavailable_reason(device)
                    for name in backends.by_device()[device]}
@@ -277,7 +216,7 @@ def measure_matmul_stage(
 
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
-    for job in _plan(device, list(dtypes), checked):
+    for job in _plan(device, list(dtypes), [tuple(s) for s in shapes]):
         backend = backends.get(job.backend)
         stmt = backend.statements[job.kind]
         sync, thread_control = _sync(backend, job), backend.threads()

@@ -3,39 +3,65 @@
 Two renderers read the same source (``report/report.py``):
 
 ``quarto``
-    Used when ``quarto`` is on PATH. The source is copied into the job's own output folder
-    and rendered there (Quarto writes intermediates beside its input, so rendering the file
-    in ``report/`` in place would race between jobs); its YAML header asks for
-    ``embed-resources: true``. The HTML is then moved to ``out_html``.
+    Used when ``quarto`` on PATH is Quarto 1.4 or newer (:data:`MIN_QUARTO`). The source is
+    copied into the job's own output folder and rendered there (Quarto writes intermediates
+    beside its input, so rendering the file in ``report/`` in place would race between
+    jobs); its YAML header asks for ``embed-resources: true``. The HTML is then moved to
+    ``out_html``; the scratch folder is removed whether the render worked or not.
 ``nbconvert``
-    The fallback: jupytext reads the source into a notebook, nbclient executes it with the
-    ``python3`` kernel in a scratch folder, nbconvert exports HTML with the code hidden,
-    the YAML front-matter cell dropped (its title becomes the page title) and the images
-    already inline as data URIs. The template is nbconvert's ``lab`` template with every
-    block that loads something from the web (require.js, MathJax, Mermaid, widgets)
-    emptied, so the file opens offline.
+    The fallback: jupytext reads the source into a notebook, nbclient executes it in a
+    scratch folder, nbconvert exports HTML with the code hidden, the YAML front-matter cell
+    dropped (its title becomes the page title) and the images already inline as data URIs.
+    The template is nbconvert's ``lab`` template with every block that loads something from
+    the web (require.js, MathJax, Mermaid, widgets) emptied, so the file opens offline.
+
+Both run the report's kernel in this process's interpreter (``sys.executable``), never
+whatever ``python3`` kernelspec the Jupyter search path offers first: a private kernelspec
+named ``python3`` is written into a temporary Jupyter data folder and put first on
+``JUPYTER_PATH`` (Quarto, with ``QUARTO_PYTHON`` set to the same interpreter) or handed to
+the kernel manager directly (fallback).
 
 Either way an error in a report cell fails the render with that cell's error, and the
-report is told which renderer produced it through ``MLPBENCH_RENDERER`` (short name) and
-``MLPBENCH_RENDERER_DETAIL`` (with versions).
+report is told which renderer produced it through ``MLPBENCH_RENDERER`` (short name),
+``MLPBENCH_RENDERER_DETAIL`` (with versions) and, when ``auto`` could not use Quarto,
+``MLPBENCH_RENDERER_FALLBACK`` (why not).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
 from mlpbench.io import write_bytes_atomic
 
+log = logging.getLogger(__name__)
+
 PathLike = str | os.PathLike
 RENDERERS = ("quarto", "nbconvert")
+
+# Quarto renders percent-format scripts (a .py file with "# %% [markdown]" / "# %%" cells)
+# from version 1.4 on: "Rendering Script Files ... This feature is new in Quarto 1.4"
+# (https://quarto.org/docs/computations/render-scripts.html). Quarto 1.3 does not know a
+# .py input and the render fails, so anything older falls back.
+MIN_QUARTO = (1, 4, 0)
+QUARTO_VERSION_TIMEOUT_S = 60
+# The kernel name report/report.py's header asks for (``jupyter: python3``).
+KERNEL_NAME = "python3"
+# Control Sequence Introducer escapes (colours, bold): the error and the log stay plain text
+# even if a tool ignores NO_COLOR.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 # nbconvert's lab template without anything fetched from a CDN, plus a little layout:
 # a readable column width and a table of contents built from the page's own headings.
@@ -107,23 +133,55 @@ def external_resources(html: str) -> list[str]:
     return hits
 
 
-def choose_renderer(renderer: str = "auto") -> str:
-    """``auto`` -> ``quarto`` when it is on PATH, otherwise ``nbconvert``."""
-    if renderer == "auto":
-        return "quarto" if shutil.which("quarto") else "nbconvert"
-    if renderer not in RENDERERS:
-        raise ValueError(f"renderer must be 'auto' or one of {RENDERERS}, not {renderer!r}")
-    if renderer == "quarto" and not shutil.which("quarto"):
-        raise RenderError("renderer 'quarto' asked for, but quarto is not on PATH")
-    return renderer
+def plain_text(text: str) -> str:
+    """``text`` without terminal colour and style escapes."""
+    return _ANSI.sub("", text)
 
 
-def renderer_detail(renderer: str) -> str:
-    """A sentence-ready description with versions, for the report and the log."""
-    if renderer == "quarto":
-        done = subprocess.run(["quarto", "--version"], capture_output=True, text=True)
-        version = done.stdout.strip() or "(version unknown)"
-        return f"Quarto {version}"
+def _no_color(env: dict[str, str] | None = None) -> dict[str, str]:
+    # https://no-color.org: Quarto (Deno) then prints no escapes into the log and the error.
+    return {**(os.environ if env is None else env), "NO_COLOR": "1"}
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """``"1.7.34"`` -> ``(1, 7, 34)``; None when ``text`` does not start with a version."""
+    m = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g or 0) for g in m.groups()) if m else None
+
+
+def quarto_version() -> tuple[str | None, str | None]:
+    """``(version, None)`` for a usable Quarto on PATH, else ``(None, why it is not usable)``.
+
+    Usable means: ``quarto --version`` exits 0 within :data:`QUARTO_VERSION_TIMEOUT_S` and
+    prints a version of at least :data:`MIN_QUARTO`.
+    """
+    exe = shutil.which("quarto")
+    if exe is None:
+        return None, "quarto is not on PATH"
+    try:
+        done = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                              env=_no_color(), timeout=QUARTO_VERSION_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None, f"'{exe} --version' did not answer within {QUARTO_VERSION_TIMEOUT_S} s"
+    except OSError as e:
+        return None, f"'{exe} --version' could not run: {e}"
+    out = plain_text(done.stdout).strip()
+    if done.returncode != 0:
+        said = plain_text(done.stderr or done.stdout).strip()[-300:]
+        return None, f"'{exe} --version' failed (exit {done.returncode})" + (
+            f": {said}" if said else "")
+    version = parse_version(out)
+    if version is None:
+        return None, f"'{exe} --version' printed {out[:80]!r}, not a version number"
+    if version < MIN_QUARTO:
+        need = ".".join(map(str, MIN_QUARTO[:2]))
+        return None, (f"{exe} is Quarto {out}, older than {need}, the first Quarto that renders "
+                      f"a percent-format .py script")
+    return out, None
+
+
+def fallback_detail() -> str:
+    """The fallback renderer with its versions, sentence-ready."""
     import jupytext
     import nbclient
     import nbconvert
@@ -132,13 +190,85 @@ def renderer_detail(renderer: str) -> str:
             f"{nbclient.__version__} → nbconvert {nbconvert.__version__}")
 
 
-def report_env(results_dir: PathLike, renderer: str, detail: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Renderer:
+    """The renderer a render uses.
+
+    ``name`` is ``quarto`` or ``nbconvert``; ``detail`` names it with its versions, for the
+    report and the log; ``fallback_reason`` says why ``auto`` could not use Quarto (None when
+    Quarto was used or the fallback was asked for).
+    """
+
+    name: str
+    detail: str
+    fallback_reason: str | None = None
+
+
+def choose_renderer(renderer: str = "auto") -> Renderer:
+    """Resolve ``auto``, ``quarto`` or ``nbconvert`` to the renderer that will run.
+
+    ``auto`` -> Quarto when :func:`quarto_version` finds a usable one, otherwise the fallback,
+    with the reason logged as a warning and kept in ``fallback_reason``.
+
+    Raises ValueError for any other name, RenderError when ``quarto`` is asked for and the
+    Quarto on PATH is missing, broken or too old (the message says which).
+    """
+    if renderer not in ("auto", *RENDERERS):
+        raise ValueError(f"renderer must be 'auto' or one of {RENDERERS}, not {renderer!r}")
+    if renderer == "nbconvert":
+        return Renderer("nbconvert", fallback_detail())
+    version, problem = quarto_version()
+    if problem is None:
+        return Renderer("quarto", f"Quarto {version}")
+    if renderer == "quarto":
+        raise RenderError(f"renderer 'quarto' asked for, but {problem}")
+    log.warning("Quarto not used: %s; rendering with the fallback renderer", problem)
+    return Renderer("nbconvert", fallback_detail(), fallback_reason=problem)
+
+
+def report_env(results_dir: PathLike, renderer: Renderer) -> dict[str, str]:
     """The environment the report's kernel runs with."""
     env = dict(os.environ)
     env["MLPBENCH_RESULTS"] = str(Path(results_dir).resolve())
-    env["MLPBENCH_RENDERER"] = renderer
-    env["MLPBENCH_RENDERER_DETAIL"] = detail
+    env["MLPBENCH_RENDERER"] = renderer.name
+    env["MLPBENCH_RENDERER_DETAIL"] = renderer.detail
+    env.pop("MLPBENCH_RENDERER_FALLBACK", None)
+    if renderer.fallback_reason:
+        env["MLPBENCH_RENDERER_FALLBACK"] = renderer.fallback_reason
     return env
+
+
+# --------------------------------------------------------------------------- the kernel
+
+
+@contextlib.contextmanager
+def job_kernel_dir() -> Iterator[Path]:
+    """A temporary Jupyter data folder whose ``kernels/python3`` starts ``sys.executable``.
+
+    A user-level ``python3`` kernelspec (``~/.local/share/jupyter/kernels/python3``, one on
+    ``JUPYTER_PATH``, …) may point to another Python: the report would then die at start or,
+    worse, run in another environment. ipykernel writes the spec for this interpreter.
+    """
+    from ipykernel.kernelspec import write_kernel_spec
+
+    with tempfile.TemporaryDirectory(prefix="mlpbench-jupyter-") as tmp:
+        write_kernel_spec(Path(tmp) / "kernels" / KERNEL_NAME, overrides={
+            "display_name": f"Python {sys.version_info[0]}.{sys.version_info[1]} "
+                            f"({sys.executable})",
+        })
+        yield Path(tmp)
+
+
+def _output_streams(log_stream: TextIO | None) -> dict[str, TextIO]:
+    """Popen's stdout/stderr for a child whose output belongs in ``log_stream``."""
+    if log_stream is None:
+        return {}
+    try:
+        log_stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return {}
+    log_stream.flush()
+    return {"stdout": log_stream, "stderr": log_stream}
 
 
 # --------------------------------------------------------------------------- quarto
@@ -154,24 +284,43 @@ def quarto_command(source_copy: PathLike) -> list[str]:
     return ["quarto", "render", str(source_copy), "--to", "html"]
 
 
-def _render_quarto(source: Path, out_html: Path, env: dict[str, str], timeout_s: float) -> None:
+def _render_quarto(source: Path, out_html: Path, env: dict[str, str], timeout_s: float,
+                   log_stream: TextIO | None) -> None:
     work = quarto_workdir(out_html)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    copy = work / source.name
-    shutil.copy2(source, copy)
-    # Quarto looks for Jupyter in QUARTO_PYTHON: the interpreter that has mlpbench.
-    env = {**env, "QUARTO_PYTHON": sys.executable}
-    done = subprocess.run(quarto_command(copy), cwd=work, env=env, capture_output=True,
-                          text=True, timeout=timeout_s)
-    produced = copy.with_suffix(".html")
-    if done.returncode != 0 or not produced.exists():
-        raise RenderError(f"quarto render failed (exit {done.returncode}):\n"
-                          f"{(done.stderr or done.stdout)[-4000:]}")
-    html = produced.read_text(encoding="utf-8")
-    _check_offline(html)
-    os.replace(produced, out_html)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        copy = work / source.name
+        shutil.copy2(source, copy)
+        with job_kernel_dir() as kernels:
+            # QUARTO_PYTHON: the Python Quarto drives Jupyter with; JUPYTER_PATH first: the
+            # kernelspec it then starts (the first ``python3`` on the search path wins).
+            # Quarto's own Jupyter client offers no transport setting, so this kernel still
+            # talks TCP on localhost and ipykernel's warning about that lands in the log.
+            path = os.pathsep.join(p for p in (str(kernels), env.get("JUPYTER_PATH")) if p)
+            run_env = _no_color({**env, "QUARTO_PYTHON": sys.executable, "JUPYTER_PATH": path})
+            try:
+                done = subprocess.run(quarto_command(copy), cwd=work, env=run_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, timeout=timeout_s)
+                output, code = plain_text(done.stdout or ""), done.returncode
+            except subprocess.TimeoutExpired as e:
+                output = plain_text(e.stdout.decode() if isinstance(e.stdout, bytes)
+                                    else e.stdout or "")
+                code = f"timed out after {timeout_s:g} s"
+        if log_stream is not None:
+            log_stream.write(f"--- quarto render output ---\n{output.rstrip()}\n"
+                             f"--- end of quarto render output ---\n")
+            log_stream.flush()
+        produced = copy.with_suffix(".html")
+        if code != 0 or not produced.exists():
+            why = f"exit {code}" if isinstance(code, int) else code
+            raise RenderError(f"quarto render failed ({why}):\n{output[-4000:].strip()}")
+        html = produced.read_text(encoding="utf-8")
+        _check_offline(html)
+        os.replace(produced, out_html)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- fallback
@@ -190,20 +339,41 @@ def split_front_matter(nb) -> tuple[dict, object]:
     return {}, nb
 
 
-def _render_nbconvert(source: Path, out_html: Path, env: dict[str, str], timeout_s: float) -> None:
+def _render_nbconvert(source: Path, out_html: Path, env: dict[str, str], timeout_s: float,
+                      log_stream: TextIO | None) -> None:
     import jupytext
     from jinja2 import DictLoader
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
     from nbconvert import HTMLExporter
 
     nb = jupytext.read(source)
     header, nb = split_front_matter(nb)
     title = str(header.get("title") or source.stem)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_html.stem}.", dir=out_html.parent) as scratch:
-        client = NotebookClient(nb, timeout=int(timeout_s), kernel_name="python3",
+    with (job_kernel_dir() as kernels,
+          tempfile.TemporaryDirectory(prefix=f".{out_html.stem}.", dir=out_html.parent) as scratch):
+        # Only the job's own kernelspec is visible to this manager. IPC sockets (a file in the
+        # private folder) instead of TCP ports: nothing is exposed on the network, and
+        # ipykernel has no reason to warn about unencrypted TCP. Windows has no IPC transport.
+        ipc = os.name == "posix"
+        km = AsyncKernelManager(
+            kernel_name=KERNEL_NAME,
+            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels / "kernels")]),
+            transport="ipc" if ipc else "tcp",
+            **({"ip": str(kernels / "kernel")} if ipc else {}),
+        )
+        client = NotebookClient(nb, km=km, timeout=int(timeout_s), kernel_name=KERNEL_NAME,
                                 resources={"metadata": {"path": scratch}})
-        client.execute(env=env)  # a failing cell raises CellExecutionError with its traceback
+        # The kernel's own stdout/stderr go to the job's log. cleanup_kc: shut the kernel down
+        # at the end as nbclient does with a manager of its own (it leaves a given one running).
+        try:
+            client.execute(env=env, cleanup_kc=True, **_output_streams(log_stream))
+        except CellExecutionError as e:
+            # IPython colours the traceback; the error stays plain text.
+            raise RenderError(f"a report cell failed:\n{plain_text(str(e)).strip()}") from e
     exporter = HTMLExporter(
         template_name="lab",
         extra_loaders=[DictLoader({"mlpbench_offline.html.j2": OFFLINE_TEMPLATE})],
@@ -232,16 +402,24 @@ def render(
     results_dir: PathLike,
     renderer: str = "auto",
     timeout_s: float = 600,
-) -> str:
+    log_stream: TextIO | None = None,
+) -> Renderer:
     """Render ``source_py`` with the results in ``results_dir`` to ``out_html``.
 
-    Returns the renderer used (``quarto`` or ``nbconvert``).
+    ``renderer`` is ``auto``, ``quarto`` or ``nbconvert`` (see :func:`choose_renderer`).
+    ``log_stream`` (a file) receives the renderer's own output: Quarto's messages, or the
+    fallback kernel's stdout/stderr; None leaves the kernel's output on this process's
+    streams and keeps Quarto's only for an error. Returns the renderer used.
+
+    Raises RenderError (a report cell or Quarto failed, with the error as plain text; or the
+    HTML would load from the network), ValueError (unknown ``renderer``). A failed
+    render leaves no ``out_html`` and no scratch folder behind.
     """
     source, out = Path(source_py).resolve(), Path(out_html).resolve()
     used = choose_renderer(renderer)
-    env = report_env(results_dir, used, renderer_detail(used))
-    if used == "quarto":
-        _render_quarto(source, out, env, timeout_s)
+    env = report_env(results_dir, used)
+    if used.name == "quarto":
+        _render_quarto(source, out, env, timeout_s, log_stream)
     else:
-        _render_nbconvert(source, out, env, timeout_s)
+        _render_nbconvert(source, out, env, timeout_s, log_stream)
     return used

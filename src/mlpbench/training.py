@@ -39,14 +39,7 @@ from mlpbench.contract import TRAIN, pandas_dtypes
 from mlpbench.devices import cuda_unavailable_reason, sync
 from . import data as datamod
 from . import ensemble as ens
-from .grid import (
-    ShapePlan,
-    plan_shapes,
-    resolve_seeds,
-    validate_decision_grid,
-    validate_device,
-    validate_threads,
-)
+from .grid import ShapePlan, plan_shapes, resolve_seeds
 
 __all__ = [
     "COLUMNS",
@@ -361,11 +354,9 @@ def run_training_job(
     rows instead of raising. torch's intra-op threads are set to ``threads`` for the job and
     restored afterwards.
     """
-    validate_device(device)
-    threads = validate_threads(threads)
-    resolution, margin = validate_decision_grid(decision_grid)
-    plan = plan_shapes(dataset_cfg, dataset_name)  # validates the config first
-    seeds = resolve_seeds(dataset_cfg["seeds"], dataset_name)
+    resolution, margin = decision_grid["resolution"], decision_grid["margin"]
+    plan = plan_shapes(dataset_cfg)
+    seeds = resolve_seeds(dataset_cfg["seeds"])
     momentum = float(dataset_cfg.get("momentum") or 0.0)
     batch_size = dataset_cfg.get("batch_size")
     ds_cpu = datamod.load(dataset_name, dataset_cfg)

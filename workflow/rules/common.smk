@@ -2,19 +2,22 @@ import os
 from pathlib import Path
 
 import yaml
+from jsonschema import ValidationError
 from snakemake.cli import parse_config
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, update_config, validate
+from snakemake.utils import min_version, update_config
 
+from mlpbench.checks import check_config
 from mlpbench.config import (
     ConfigError,
     command_line_value,
     config_hash,
     explain,
-    find_validation_error,
     machine_id,
     read_config_file,
+    validate_config,
 )
+from mlpbench.data import config_schema
 
 # Table and figure names, declared once in mlpbench.contract (stdlib + pyarrow only, so
 # building the DAG imports neither pandas nor matplotlib).
@@ -50,14 +53,20 @@ except ConfigError as err:
 update_config(config, command_line)
 
 # Validate (and fill defaults) before any job is scheduled; turn the schema error into one
-# sentence naming the key, the value and what is allowed.
+# sentence naming the key, the value and what is allowed. The schema gets the registered data
+# sets (their names and `data:` blocks) from mlpbench.data. Then check, in the same style, what
+# the schema cannot say (finite numbers, cross-field rules, sizes that fit in memory); this also
+# reads integer-valued numbers where integers are meant as integers. Nothing after this point
+# checks the config again.
+SCHEMA_DOC = config_schema(yaml.safe_load(SCHEMA.read_text()))
 try:
-    validate(config, str(SCHEMA))
-except WorkflowError as err:
-    found = find_validation_error(err)
-    if found is None:
-        raise
-    raise WorkflowError(explain(found, yaml.safe_load(SCHEMA.read_text()))) from None
+    validate_config(config, SCHEMA_DOC)
+except ValidationError as err:
+    raise WorkflowError(explain(err, SCHEMA_DOC)) from None
+try:
+    check_config(config, SCHEMA_DOC)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 CONFIG_HASH = config_hash(config)
 MACHINE_ID = machine_id(config["machine_id"])

@@ -1,4 +1,5 @@
 from mlpbench.codeversion import code_version
+from mlpbench.data import names as dataset_names
 
 
 # One job per data set x device: each job trains every shape of its grid as batched ensembles,
@@ -12,7 +13,8 @@ rule train:
     log:
         "logs/train/{dataset}_{device}.log",
     wildcard_constraints:
-        dataset="toy|blobs",
+        # the registered data sets (mlpbench.data)
+        dataset="|".join(dataset_names()),
         device="cpu|cuda",
     conda:
         "../envs/mlpbench.yaml"
