@@ -184,7 +184,10 @@ def fig_matmul_time(tables: Tables) -> Figure:
     handles = {}
     for ax, df, xcol, xlabel, title in panels:
         ax.set_title(title)
-        if df.empty:
+        flagged = rows[_noisy(rows)] if len(rows) else rows
+        flagged = (flagged[flagged["case"] == "square"] if xcol == "n" else
+                   flagged[flagged["case"].isin(["gemv", "lesson"])])
+        if df.empty and flagged.empty:
             _empty(ax, "No successful timings for this case.")
             continue
         df = df.assign(kn=df["k"] * df["n"])
@@ -202,9 +205,6 @@ def fig_matmul_time(tables: Tables) -> Figure:
                 handles["lesson case (1 × 6400 @ 6400 × 5000)"] = Line2D(
                     [], [], linestyle="none", marker="*", markersize=12, color="white",
                     markeredgecolor="black")
-        flagged = rows[_noisy(rows)] if len(rows) else rows
-        flagged = (flagged[flagged["case"] == "square"] if xcol == "n" else
-                   flagged[flagged["case"].isin(["gemv", "lesson"])])
         if len(flagged):
             flagged = flagged.assign(kn=flagged["k"] * flagged["n"])
             handles[NOISY_LABEL] = ax.scatter(flagged[xcol], flagged["time_s_median"] * 1e3,
@@ -212,7 +212,7 @@ def fig_matmul_time(tables: Tables) -> Figure:
         _log(ax, "x")
         _log(ax, "y")
         if xcol == "n":  # a handful of sizes: label them plainly
-            sizes = sorted(df["n"].unique())
+            sizes = sorted(set(df["n"]) | set(flagged["n"]))
             ax.set_xticks(sizes, [str(int(v)) for v in sizes])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
@@ -234,10 +234,14 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
     ax.set_title("Roofline view: achieved GFLOP/s")
     ax2.set_title("Matrix-vector: share of measured bandwidth")
     handles: dict[str, object] = {}
-    if ok.empty:
+    flagged = rows[_noisy(rows)] if len(rows) else rows
+    if ok.empty and flagged.empty:
         _empty(ax, "No successful timings.")
         _empty(ax2, "No successful timings.")
     else:
+        if ok.empty:
+            _note(ax2, "Every timing was disturbed (flagged noisy): no roof is drawn and no "
+                       "share of it is shown.")
         for (backend, device, dtype), g in ok.groupby(["backend", "device", "dtype"]):
             style = _style(backend, device, dtype)
             g = g.sort_values("intensity_flop_per_byte")
@@ -249,12 +253,12 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
             mv = mv.sort_values("mib")
             if len(mv):
                 ax2.plot(mv["mib"], mv["bandwidth_share"], **style)
-        flagged = rows[_noisy(rows)]
         if len(flagged):
             handles[NOISY_LABEL] = ax.scatter(flagged["intensity_flop_per_byte"],
                                               flagged["gflop_s"], **NOISY_STYLE)
-        imin = ok["intensity_flop_per_byte"].min() / 2
-        imax = ok["intensity_flop_per_byte"].max() * 2
+        shown = ok if len(ok) else flagged
+        imin = shown["intensity_flop_per_byte"].min() / 2
+        imax = shown["intensity_flop_per_byte"].max() * 2
         grid = np.geomspace(imin, imax, 50)
         top = (ok.groupby("device")["compute_roof_gflop_s"].max()
                if "compute_roof_gflop_s" in ok.columns else pd.Series(dtype=float))
