@@ -2,12 +2,12 @@
 
 import pandas as pd
 
-from mlpbench.contract import MATMUL, MATMUL_ENVIRONMENT, write
+from mlpbench.contract import MATMUL, MATMUL_ENVIRONMENT, MATMUL_SAMPLES, write
 from mlpbench.environment import environment_rows, snapshot
 from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
 from mlpbench.machine import machine_id
-from mlpbench.matmul import run_matmul_stage, shapes_from_config
+from mlpbench.matmul import measure_matmul_stage, shapes_from_config
 from mlpbench.timing import thread_limits
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
@@ -20,18 +20,23 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     # The readings are taken under the thread limits every measurement sets (the same ones).
     with thread_limits(threads):
         before = snapshot(cuda_device=gpu)
-        table = run_matmul_stage(
+        result = measure_matmul_stage(
             device=device,
             dtypes=list(cfg["dtypes"]),
             shapes=shapes_from_config(cfg),
             threads=threads,
             min_run_time_s=cfg["min_run_time_s"],
             bandwidth_mib=cfg["bandwidth_mib"],
+            min_samples=cfg["min_samples"],
+            max_attempts=cfg["max_attempts"],
             log=log.info,
         )
         after = snapshot(cuda_device=gpu)
-    log.info("%d rows, status counts: %s", len(table), table["status"].value_counts().to_dict())
+    table = result.table
+    log.info("%d rows, status counts: %s; %d noisy", len(table),
+             table["status"].value_counts().to_dict(), int(table["noisy"].sum()))
     env = environment_rows(before, after, host=machine_id(None), stage="matmul", device=device,
                            threads=threads)
+    write(result.samples, snakemake.output.samples, MATMUL_SAMPLES)  # noqa: F821
     write(table, snakemake.output.table, MATMUL)  # noqa: F821
     write(pd.DataFrame(env), snakemake.output.environment, MATMUL_ENVIRONMENT)  # noqa: F821

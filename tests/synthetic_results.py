@@ -17,6 +17,7 @@ import pandas as pd
 
 from mlpbench import contract
 from mlpbench.io import write_json_atomic
+from mlpbench.matmul import COLUMNS, with_roofs  # the stage's own rule for the two roofs
 
 HOST = "synthhost"
 CUDA_REASON = "CUDA unavailable: torch.cuda.is_available() is False"
@@ -81,17 +82,20 @@ def matmul_shapes() -> list[tuple[str, int, int, int]]:
 STMT = {("numpy", "matmul"): "stmt `np.matmul(x, y, out=z)`",
         ("torch", "matmul"): "stmt `torch.matmul(x, y, out=z)`",
         ("torch", "copy"): "stmt `dst.copy_(src)`", ("torch", "h2d"): "stmt `y_dev.copy_(y_host)`",
-        ("torch", "d2h"): "stmt `z_host.copy_(z_dev)`"}
+        ("torch", "d2h"): "stmt `z_host.copy_(z_dev)`",
+        ("torch", "h2d_pinned"): "stmt `y_dev.copy_(y_host)`",
+        ("torch", "matmul_nosync"): "stmt `torch.matmul(x, y, out=z)`",
+        ("torch", "matmul_tf32"): "stmt `torch.matmul(x, y, out=z)`"}
 
 
 def _row(backend, device, dtype, case, kind, m, k, n, time_s, bandwidth_gb_s,
          status="ok", reason="", threads=2) -> dict[str, Any]:
     size = np.dtype(dtype).itemsize
-    if kind == "matmul":
+    if kind.startswith("matmul"):
         flop, nbytes = 2.0 * m * k * n, float((m * k + k * n + m * n) * size)
     elif kind == "copy":
         flop, nbytes = 0.0, 2.0 * 64 * 2**20
-    elif kind == "h2d":
+    elif kind in ("h2d", "h2d_pinned"):
         flop, nbytes = 0.0, float(k * n * size)
     else:
         flop, nbytes = 0.0, float(m * n * size)
@@ -107,12 +111,17 @@ def _row(backend, device, dtype, case, kind, m, k, n, time_s, bandwidth_gb_s,
         "time_s_median": time_s if ok else nan,
         "time_s_iqr": time_s * 0.02 if ok else nan,
         "n_runs": 10 if ok else 0, "number_per_run": 5 if ok else 0,
+        "attempts": 1 if ok else 0, "cpu_wait_threads": 0.01 if ok else nan,
+        "noisy": False, "noise_reason": "",
         "flop": flop, "bytes": nbytes,
         "gflop_s": flop / time_s / 1e9 if ok else nan,
         "gb_s": gb_s,
         "intensity_flop_per_byte": flop / nbytes if nbytes else nan,
         "bandwidth_gb_s": bandwidth_gb_s if ok else nan,
         "bandwidth_share": gb_s / bandwidth_gb_s if ok else nan,
+        # the roofs are set from the rows by mlpbench.matmul.with_roofs, as the stage does
+        "compute_roof_gflop_s": nan, "compute_share": nan, "ridge_flop_per_byte": nan,
+        "bound": "",
         "status": status, "reason": reason,
     }
 
@@ -135,7 +144,7 @@ def matmul_frame(device: str, cuda: bool) -> pd.DataFrame:
         for dtype in ("float32", "float64"):
             rows.append(_row("torch", "cpu", dtype, "bandwidth", "copy", 0, 0, 0,
                              2.0 * 64 * 2**20 / (bw * 1e9), bw))
-        return pd.DataFrame(rows)
+        return with_roofs(pd.DataFrame(rows, columns=COLUMNS))
     for dtype in ("float32", "float64"):
         for case, m, k, n in matmul_shapes():
             if not cuda:
@@ -148,11 +157,20 @@ def matmul_frame(device: str, cuda: bool) -> pd.DataFrame:
                 size = np.dtype(dtype).itemsize
                 rows.append(_row("torch", "cuda", dtype, case, "h2d", m, k, n,
                                  k * n * size / 12e9, 300.0))
+                rows.append(_row("torch", "cuda", dtype, case, "h2d_pinned", m, k, n,
+                                 k * n * size / 25e9, 300.0))
                 rows.append(_row("torch", "cuda", dtype, case, "d2h", m, k, n, 2e-5, 300.0))
+                rows.append(_row("torch", "cuda", dtype, case, "matmul_nosync", m, k, n, 8e-6,
+                                 300.0))
+            if dtype == "float32" and case in ("lesson", "square"):
+                rows.append(_row("torch", "cuda", dtype, case, "matmul_tf32", m, k, n,
+                                 _model_time(m, k, n, dtype, 30000.0, 250.0), 300.0))
         if cuda:
             rows.append(_row("torch", "cuda", dtype, "bandwidth", "copy", 0, 0, 0,
                              2.0 * 64 * 2**20 / 300e9, 300.0))
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.loc[df["kind"] == "matmul_nosync", ["n_runs", "number_per_run"]] = [5, 100]  # %timeit
+    return with_roofs(df)
 
 
 # --------------------------------------------------------------------------- training

@@ -436,3 +436,125 @@ def test_compare_ranges(a, b, verdict):
     from mlpbench.findings import compare_ranges
 
     assert compare_ranges(*a, *b) == verdict
+
+
+# --------------------------------------------------------------------------- disturbed timings
+
+
+def quiet(rows: list[dict]) -> list[dict]:
+    return [{"noisy": False, "cpu_wait_threads": 0.01, "attempts": 1, "noise_reason": "", **r}
+            for r in rows]
+
+
+def test_a_quiet_run_flags_nothing():
+    f = run(matmul=quiet(lesson_cpu()), lesson_reference=LESSON_REF)
+    noisy = only(f, "noisy_timings")
+    assert noisy["verdict"] == "none" and noisy["value"] == 0 and noisy["reference_value"] == 4
+
+
+def test_no_headline_verdict_or_ratio_rests_on_a_noisy_row():
+    # torch float32 is the fastest, but its timing was disturbed in every attempt
+    mm = quiet(lesson_cpu(t32=1e-5))
+    mm[2].update(noisy=True, cpu_wait_threads=0.7, attempts=3, noise_reason="disturbed")
+    f = run(matmul=mm, lesson_reference=LESSON_REF)
+    noisy = only(f, "noisy_timings")
+    assert noisy["verdict"] == "flagged" and noisy["value"] == 1
+    assert noisy["ev"]["rows"][0]["backend"] == "torch"
+    assert noisy["ev"]["rows"][0]["cpu_wait_threads"] == 0.7
+    fastest = only(f, "lesson_fastest")
+    assert fastest["subject"] != "torch cpu float32"
+    assert fastest["ev"]["candidates"] == 3
+    # the ratios that need torch float32 on the CPU are not computed from the flagged row
+    assert only(f, "dtype_vs_library")["verdict"] == "incomplete"
+    # the flagged time (1e-05 s) appears in the evidence of no other finding
+    for row in f.itertuples():
+        if row.finding != "noisy_timings":
+            assert "1e-05" not in row.evidence, row.finding
+
+
+def test_a_lesson_timing_its_twin_contradicts_is_left_out_of_the_headline():
+    mm = lesson_cpu(t32=1e-5) + [mm_row("torch", "cpu", "float32", case="gemv", t=1e-4)]
+    f = run(matmul=mm, lesson_reference=LESSON_REF)
+    assert only(f, "twin_timing", subject="torch cpu float32")["verdict"] == "disagree"
+    left = only(f, "lesson_twin_left_out")
+    assert left["ev"]["series"] == ["torch cpu float32"]
+    assert only(f, "lesson_fastest")["subject"] != "torch cpu float32"
+
+
+# --------------------------------------------------------------------------- the two roofs
+
+
+def roofed(rows: list[dict], roof: float, bw: float = 20.0) -> list[dict]:
+    out = []
+    for r in rows:
+        ridge = roof / bw
+        out.append({**r, "bandwidth_gb_s": bw, "compute_roof_gflop_s": roof,
+                    "compute_share": r["gflop_s"] / roof, "ridge_flop_per_byte": ridge,
+                    "bound": "memory" if r["intensity_flop_per_byte"] < ridge else "compute"})
+    return out
+
+
+def test_compute_roof_ridge_point_and_the_lesson_side():
+    sq = [mm_row("torch", "cpu", "float32", case="square", m=s, k=s, n=s, t=2.0 * s**3 / g / 1e9)
+          for s, g in ((256, 40e0), (1024, 80e0))]  # 40 and 80 GFLOP/s
+    mm = roofed(sq + [mm_row("torch", "cpu", "float32", t=1e-4)], roof=80.0)
+    f = run(matmul=mm, lesson_reference=LESSON_REF)
+    roof = only(f, "compute_roof")
+    assert roof["value"] == pytest.approx(80.0) and roof["ev"]["row"]["n"] == 1024
+    ridge = only(f, "ridge_point")
+    assert ridge["value"] == pytest.approx(4.0)  # 80 GFLOP/s / 20 GB/s
+    assert ridge["ev"]["memory_bound"] == 1 and ridge["ev"]["compute_bound"] == 2
+    lesson = only(f, "lesson_bound")
+    assert lesson["verdict"] == "memory_bound" and lesson["reference_value"] == pytest.approx(4.0)
+
+
+def test_no_square_product_gives_no_compute_roof():
+    f = run(matmul=roofed([mm_row("torch", "cpu", "float32")], roof=math.nan),
+            lesson_reference=LESSON_REF)
+    assert not pick(f, "compute_roof") and not pick(f, "ridge_point")
+
+
+# --------------------------------------------------------------------------- GPU pitfalls
+
+
+def cuda_rows(nosync=1e-5, synced=5e-4, pageable=1e-2, pinned=5e-3, off=1e-3, on=2.5e-4):
+    k, n = 6400, 5000
+    return [mm_row("torch", "cuda", "float32", k=k, n=n, t=synced),
+            mm_row("torch", "cuda", "float32", kind="matmul_nosync", k=k, n=n, t=nosync,
+                   number_per_run=100),
+            mm_row("torch", "cuda", "float32", kind="h2d", k=k, n=n, t=pageable),
+            mm_row("torch", "cuda", "float32", kind="h2d_pinned", k=k, n=n, t=pinned),
+            mm_row("torch", "cuda", "float32", case="square", m=2048, k=2048, n=2048, t=off),
+            mm_row("torch", "cuda", "float32", case="square", kind="matmul_tf32", m=2048,
+                   k=2048, n=2048, t=on)]
+
+
+@pytest.mark.parametrize("synced, verdict", [(5e-4, "closer_to_synchronised"),
+                                             (5e-2, "closer_to_unsynchronised")])
+def test_what_the_lessons_unsynchronised_time_most_likely_measured(synced, verdict):
+    f = run(matmul=cuda_rows(synced=synced), lesson_reference=LESSON_REF)
+    u = only(f, "unsynchronised_lesson")
+    assert u["verdict"] == verdict
+    assert u["value"] == pytest.approx(1e-5) and u["reference_value"] == pytest.approx(synced)
+    assert u["ev"]["lesson_s"] == pytest.approx(515e-6)
+
+
+def test_pinned_copy_and_tf32():
+    f = run(matmul=cuda_rows(), lesson_reference=LESSON_REF)
+    pinned = only(f, "pinned_copy")
+    assert pinned["verdict"] == "pinned_faster"
+    assert pinned["ev"]["pageable_over_pinned"] == pytest.approx(2.0)
+    tf32 = only(f, "tf32")
+    assert tf32["verdict"] == "tf32_faster" and tf32["ev"]["off_over_on"] == pytest.approx(4.0)
+    assert "2048×2048" in tf32["subject"]
+    f = run(matmul=cuda_rows(pinned=9.5e-3, on=9.9e-4), lesson_reference=LESSON_REF)
+    assert only(f, "pinned_copy")["verdict"] == "no_real_gain"
+    assert only(f, "tf32")["verdict"] == "no_real_gain"
+
+
+def test_without_cuda_rows_there_are_no_gpu_pitfall_findings():
+    f = run(matmul=lesson_cpu() + [mm_row("torch", "cuda", "float32", status="unavailable",
+                                          kind=k) for k in ("matmul_nosync", "h2d_pinned")],
+            lesson_reference=LESSON_REF)
+    for name in ("unsynchronised_lesson", "pinned_copy", "tf32"):
+        assert not pick(f, name)

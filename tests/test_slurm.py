@@ -45,6 +45,9 @@ MEASURED = {
     "host", "time_s_median", "time_s_iqr", "n_runs", "number_per_run", "gflop_s", "gb_s",
     "bandwidth_gb_s", "bandwidth_share", "time_s", "time_per_epoch_s", "time_per_member_epoch_s",
     "time_per_epoch_s_min", "time_per_epoch_s_max", "time_per_epoch_s_iqr",
+    "attempts", "cpu_wait_threads", "noisy", "noise_reason", "compute_roof_gflop_s",
+    "compute_share", "ridge_flop_per_byte", "bound", "speedup_vs_numpy_float64",
+    "speedup_vs_numpy_same_dtype",
 }
 
 

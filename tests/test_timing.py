@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import time
 import timeit
 
+import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from mlpbench.timing import CUDA_SYNC, blas_num_threads, measure, thread_limits
+from mlpbench.timing import CUDA_SYNC, blas_num_threads, measure, summarise, thread_limits
 
 
 @pytest.fixture
@@ -72,7 +74,10 @@ def test_slow_first_call_is_a_warm_up_not_a_measurement():
 
 def test_median_is_seconds_per_call_of_the_statement():
     result = measure("time.sleep(0.0005)", {"time": time}, threads=1, min_run_time_s=0.05)
-    assert 0.0005 <= result.median_s < 0.005
+    # at least the sleep; per call, not per block of number_per_run calls (loose: a busy
+    # machine may stretch the sleep, never the other way)
+    assert 0.0005 <= result.median_s
+    assert result.number_per_run == 1 or result.median_s < 0.0005 * result.number_per_run
     assert result.iqr_s >= 0
     assert result.n_runs >= 1 and result.number_per_run >= 1
     assert result.n_runs * result.number_per_run * result.median_s >= 0.04
@@ -129,3 +134,65 @@ def test_cuda_measurement_is_synchronised():
     assert "torch.cuda.synchronize()" in result.method
     # 2 * 2048^3 = 17 GFLOP: well above a microsecond-scale launch on any GPU.
     assert 2 * 2048**3 / result.median_s < 2e15
+
+
+# ------------------------------------------------------------------ samples
+
+
+def test_a_product_slower_than_the_minimum_run_time_is_sampled_min_samples_times():
+    calls = {"n": 0}
+
+    def slow() -> None:  # 30 ms per call, against a minimum run time of 10 ms
+        calls["n"] += 1
+        time.sleep(0.03)
+
+    result = measure("slow()", {"slow": slow}, threads=1, min_run_time_s=0.01, warmup=0,
+                     min_samples=4)
+    assert result.n_runs == 4 == len(result.times_s)
+    assert result.number_per_run == 1  # each sample is one call
+    assert all(t >= 0.03 for t in result.times_s)
+    assert result.iqr_s >= 0 and math.isfinite(result.iqr_s)
+    assert result.median_s == pytest.approx(float(np.median(result.times_s)))
+    assert "at least 4 samples" in result.method
+
+
+def test_fast_products_keep_every_autorange_sample():
+    result = measure("x + 1", {"x": 1}, threads=1, min_run_time_s=0.02, min_samples=3)
+    assert result.n_runs >= 3 and result.n_runs == len(result.times_s)
+    q1, q3 = np.quantile(result.times_s, [0.25, 0.75])
+    assert result.iqr_s == pytest.approx(q3 - q1)
+
+
+def test_one_sample_has_no_spread_never_zero():
+    assert summarise([0.5], 1) == (0.5, pytest.approx(math.nan, nan_ok=True))
+    median, iqr = summarise([0.5, 0.5, 0.5], 5)  # below min_samples: no spread reported
+    assert median == 0.5 and math.isnan(iqr)
+    median, iqr = summarise([1.0, 2.0, 3.0, 4.0, 5.0], 5)
+    assert (median, iqr) == (3.0, 2.0)
+    assert all(math.isnan(v) for v in summarise([], 5))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "5"])
+def test_min_samples_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="min_samples: got"):
+        measure("pass", {}, threads=1, min_run_time_s=0.01, min_samples=bad)
+
+
+def test_measure_reports_how_long_its_threads_waited_for_a_cpu():
+    result = measure("time.sleep(0.002)", {"time": time}, threads=1, min_run_time_s=0.02)
+    # a sleeping thread is not runnable, so it hardly waits for a CPU (NaN without schedstat)
+    assert math.isnan(result.cpu_wait_threads) or 0 <= result.cpu_wait_threads < 0.5
+
+
+def test_a_fixed_number_takes_exactly_min_samples_blocks_like_timeit():
+    calls = {"n": 0}
+
+    def f() -> None:
+        calls["n"] += 1
+
+    result = measure("f()", {"f": f}, threads=1, min_run_time_s=10.0, warmup=1, number=7,
+                     min_samples=3)
+    assert result.n_runs == 3 and result.number_per_run == 7
+    assert calls["n"] == 1 + 3 * 7  # warm-up, then the samples: no autorange
+    assert "timeit.Timer.repeat(repeat=3, number=7)" in result.method
+    assert "%timeit -r 3 -n 7" in result.method

@@ -7,8 +7,14 @@ An entry says everything the stage needs to time a library exactly as it times e
   rule allows the devices of the registered backends (:func:`devices`);
 * ``statements``: the Python statement timed for each kind of row: ``matmul`` (``z = x @ y``
   into a preallocated ``z``) and ``copy`` (the bandwidth reference, ``dst`` from ``src``) always,
-  ``h2d``/``d2h`` (host -> device copy of ``y``, device -> host copy of ``z``) where the
-  device is not the CPU;
+  ``h2d``/``d2h`` (host -> device copy of ``y`` from pageable memory, device -> host copy of
+  ``z``) where the device is not the CPU, and optionally the lesson's GPU pitfalls:
+  ``h2d_pinned`` (the copy of ``y`` from page-locked host memory), ``matmul_nosync`` (the
+  product timed without synchronising, as the lesson's ``%timeit`` did; the stage drops the
+  sync for this kind) and ``matmul_tf32`` (the float32 product with TF32 tensor cores allowed);
+* ``context(kind, device)``: a context manager the measurement of that kind runs in (for
+  torch on CUDA: TF32 off for ``matmul``, on for ``matmul_tf32``); by default none;
+  ``context_note(kind, device)`` says what it sets, for the ``method`` column (or None);
 * ``operands(spec)``: creates and fills (touches every page of) the names its statements use,
   for one :class:`OperandSpec`; nothing of it is timed;
 * ``unavailable(device)``: why it cannot run there (no GPU, say), or None; a library that is not
@@ -50,7 +56,8 @@ where CuPy is not installed (or has no GPU) its rows say "unavailable" and why.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -72,11 +79,12 @@ __all__ = [
 
 KNOWN_DEVICES = ("cpu", "cuda")
 _REQUIRED_KINDS = ("matmul", "copy")
-_KINDS = ("matmul", "copy", "h2d", "d2h")
+_KINDS = ("matmul", "copy", "h2d", "d2h", "h2d_pinned", "matmul_nosync", "matmul_tf32")
 
 
 class OperandSpec(NamedTuple):
-    """What one measurement needs: ``kind`` (matmul, copy, h2d, d2h), where, which element type.
+    """What one measurement needs: ``kind`` (one of the statement kinds), where, which element
+    type.
 
     ``x`` is (m, k), ``y`` (k, n) and ``z`` (m, n); a copy moves ``count`` elements. ``seed``
     seeds the random fill, so every run times the same values.
@@ -107,6 +115,9 @@ class Backend:
     threads: Callable[[], ThreadControl]
     version: Callable[[], str]
     release: Callable[[str], None] = field(default=lambda device: None)
+    context: Callable[[str, str], AbstractContextManager[None]] = field(
+        default=lambda kind, device: nullcontext())
+    context_note: Callable[[str, str], str | None] = field(default=lambda kind, device: None)
     extra: str | None = None  # the pyproject extra that installs the library, if it is optional
 
     def unavailable_reason(self, device: str) -> str | None:
@@ -139,7 +150,8 @@ def register(backend: Backend) -> Backend:
     extra = [k for k in backend.statements if k not in _KINDS]
     if missing or extra:
         raise ValueError(f"{backend.name}.statements: got kinds {list(backend.statements)!r}; "
-                         f"allowed: {list(_REQUIRED_KINDS)} and optionally h2d, d2h")
+                         f"allowed: {list(_REQUIRED_KINDS)} and optionally "
+                         f"{', '.join(k for k in _KINDS if k not in _REQUIRED_KINDS)}")
     _REGISTRY[backend.name] = backend
     return backend
 
@@ -240,6 +252,9 @@ def _torch_operands(spec: OperandSpec) -> dict[str, Any]:
     if spec.kind == "h2d":  # pageable host memory, as the lesson's y.to('cuda')
         return {"y_host": rand(k, n, device=torch.device("cpu")),
                 "y_dev": torch.zeros(k, n, dtype=dt, device=dev)}
+    if spec.kind == "h2d_pinned":  # page-locked host memory: the GPU reads it by DMA directly
+        return {"y_host": rand(k, n, device=torch.device("cpu")).pin_memory(),
+                "y_dev": torch.zeros(k, n, dtype=dt, device=dev)}
     if spec.kind == "d2h":  # into pageable host memory, as the lesson's z.cpu()
         return {"z_dev": rand(m, n), "z_host": torch.zeros(m, n, dtype=dt)}
     return {"x": rand(m, k), "y": rand(k, n), "z": torch.zeros(m, n, dtype=dt, device=dev)}
@@ -265,7 +280,44 @@ def _torch_release(device: str) -> None:
     import torch
 
     if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize()  # nothing queued by an unsynchronised timing runs on
         torch.cuda.empty_cache()  # free big operands before the next job allocates its own
+
+
+@contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    """Run the block with ``torch.backends.cuda.matmul.allow_tf32`` set, then restore it.
+
+    torch's default is False since 1.12 (float32 products on CUDA in full float32 precision;
+    see the "TensorFloat-32 (TF32) on Ampere (and later) devices" note of torch's CUDA
+    semantics docs); True lets cuBLAS use TF32 tensor cores (10-bit mantissa inputs).
+    """
+    import torch
+
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _torch_context(kind: str, device: str) -> AbstractContextManager[None]:
+    if device != "cuda":
+        return nullcontext()
+    if kind == "matmul_tf32":
+        return _tf32(True)
+    if kind in ("matmul", "matmul_nosync"):
+        return _tf32(False)  # torch's default, stated rather than inherited
+    return nullcontext()
+
+
+def _torch_context_note(kind: str, device: str) -> str | None:
+    if device != "cuda" or kind not in ("matmul", "matmul_nosync", "matmul_tf32"):
+        return None
+    if kind == "matmul_tf32":
+        return "TF32 on: torch.backends.cuda.matmul.allow_tf32 = True"
+    return "TF32 off: torch.backends.cuda.matmul.allow_tf32 = False (torch's default since 1.12)"
 
 
 def _torch_version() -> str:
@@ -284,11 +336,16 @@ register(Backend(
         "copy": "dst.copy_(src)",
         "h2d": "y_dev.copy_(y_host)",
         "d2h": "z_host.copy_(z_dev)",
+        "h2d_pinned": "y_dev.copy_(y_host)",
+        "matmul_nosync": "torch.matmul(x, y, out=z)",
+        "matmul_tf32": "torch.matmul(x, y, out=z)",
     },
     operands=_torch_operands,
     unavailable=_torch_unavailable,
     sync=_torch_sync,
     threads=_torch_and_blas,
     release=_torch_release,
+    context=_torch_context,
+    context_note=_torch_context_note,
     version=_torch_version,
 ))

@@ -43,8 +43,10 @@ __all__ = [
     "ColumnPattern",
     "ContractError",
     "FIGURES",
+    "LESSON_TIMEIT_LOOPS",
     "MATMUL",
     "MATMUL_ENVIRONMENT",
+    "MATMUL_SAMPLES",
     "SUMMARY",
     "SUMMARY_TABLES",
     "TRAIN",
@@ -174,6 +176,11 @@ _SHAPE = (_DATASET, _DEVICE, _WIDTH, _DEPTH, _LR)
 _MEMBER = (*_SHAPE, _SEED)
 
 
+# Calls per %timeit run in the lesson's timings (lesson_reference) and in the matmul_nosync rows,
+# which time the lesson's product the lesson's way.
+LESSON_TIMEIT_LOOPS = 100
+
+
 def matmul_flop(m: int, k: int, n: int) -> float:
     """Floating-point operations of (m x k) @ (k x n): 2·m·k·n (a multiply and an add)."""
     return 2.0 * m * k * n
@@ -186,32 +193,59 @@ def matmul_bytes(m: int, k: int, n: int, itemsize: int) -> float:
 
 # --------------------------------------------------------------------------- stage tables
 
-_MATMUL_COLUMNS = (
+_MATMUL_KEY = (
     _HOST,
     _c("backend", STR, "library that ran the product: a registered backend (mlpbench.backends)"),
     _DEVICE,
     _c("dtype", STR, "element type of the operands: float32 or float64"),
     _c("case", STR, "lesson (the lesson's product), square, gemv, or bandwidth (the copy)"),
-    _c("kind", STR, "matmul (x @ y), h2d (copy y to the GPU), d2h (copy z back) or copy "
-                    "(the bandwidth reference)"),
+    _c("kind", STR, "matmul (x @ y, synchronised; on CUDA with TF32 off, torch's default), "
+                    "matmul_nosync (the same timed without synchronising, the lesson's way), "
+                    "matmul_tf32 (float32 with TF32 allowed), h2d (copy y to the GPU from "
+                    "pageable memory), h2d_pinned (from pinned memory), d2h (copy z back) or "
+                    "copy (the bandwidth reference)"),
     _c("m", I64, "rows of x and z", "1"),
     _c("k", I64, "columns of x, rows of y", "1"),
     _c("n", I64, "columns of y and z", "1"),
+)
+
+_MATMUL_COLUMNS = (
+    *_MATMUL_KEY,
     _THREADS,
-    _c("method", STR, "how it was timed: timer, statement, warm-up, threads, synchronisation"),
-    _c("time_s_median", F64, "median time of one call", "s", True),
-    _c("time_s_iqr", F64, "interquartile range of the per-call times", "s", True),
-    _c("n_runs", I64, "measured blocks (0 when not measured)", "1"),
-    _c("number_per_run", I64, "calls per measured block (0 when not measured)", "1"),
-    _c("flop", F64, "floating-point operations of one call: 2·m·k·n for matmul, 0 otherwise",
+    _c("method", STR, "how it was timed: timer, samples, statement, warm-up, threads, "
+                      "synchronisation"),
+    _c("time_s_median", F64, "median per-call time over the samples", "s", True),
+    _c("time_s_iqr", F64, "interquartile range of the samples' per-call times (NaN below "
+                          "matmul.min_samples samples: never a 0 from one sample)", "s", True),
+    _c("n_runs", I64, "samples (timed blocks of calls) the median is over: at least "
+                      "matmul.min_samples when measured, 0 when not", "1"),
+    _c("number_per_run", I64, "calls per sample (0 when not measured)", "1"),
+    _c("attempts", I64, "timings made of this row: 1, more when the guard found one disturbed "
+                        "(0 when not measured)", "1"),
+    _c("cpu_wait_threads", F64, "threads of the job that were ready to run but waited for a "
+                                "CPU during the reported timing, on average (run delay from "
+                                "/proc schedstat / wall time; NaN where unavailable)", "1", True),
+    _c("noisy", BOOL, "every attempt was disturbed (cpu_wait_threads above the guard's limit): "
+                      "kept, shown with this flag, and used for no conclusion"),
+    _c("noise_reason", STR, "why the row is noisy; empty when not"),
+    _c("flop", F64, "floating-point operations of one call: 2·m·k·n for products, 0 otherwise",
        "FLOP"),
-    _c("bytes", F64, "bytes moved by one call: operands (m·k + k·n + m·n)·itemsize for matmul; "
-                     "read + written for copy", "B"),
+    _c("bytes", F64, "bytes moved by one call: operands (m·k + k·n + m·n)·itemsize for "
+                     "products; read + written for copy", "B"),
     _c("gflop_s", F64, "flop / time_s_median / 1e9", "GFLOP/s", True),
     _c("gb_s", F64, "bytes / time_s_median / 1e9", "GB/s", True),
     _c("intensity_flop_per_byte", F64, "arithmetic intensity: flop / bytes", "FLOP/B", True),
-    _c("bandwidth_gb_s", F64, "best copy rate measured on this device", "GB/s", True),
+    _c("bandwidth_gb_s", F64, "memory roof: best copy rate measured on this device (rows not "
+                              "noisy)", "GB/s", True),
     _c("bandwidth_share", F64, "gb_s / bandwidth_gb_s", "1", True),
+    _c("compute_roof_gflop_s", F64, "compute roof: best GFLOP/s of a square product (kind "
+                                    "matmul, not noisy) on this device in this dtype", "GFLOP/s",
+       True),
+    _c("compute_share", F64, "gflop_s / compute_roof_gflop_s (products only)", "1", True),
+    _c("ridge_flop_per_byte", F64, "ridge point: compute_roof_gflop_s / bandwidth_gb_s",
+       "FLOP/B", True),
+    _c("bound", STR, "memory (intensity below the ridge point), compute (at or above it), or "
+                     "empty when not judged (not a product, not ok, a roof missing)"),
     _STATUS,
     _REASON,
 )
@@ -262,6 +296,7 @@ _ENVIRONMENT_COLUMNS = (
     _c("gpu_reason", STR, "why the GPU was not read (empty when it was)"),
 )
 
+
 def matmul_environment_file(matmul_file: PathLike) -> str:
     """The environment table written beside a matmul table: ``<stem>.environment.parquet``."""
     text = os.fspath(matmul_file)
@@ -274,6 +309,17 @@ MATMUL_ENVIRONMENT = Table(
     "environment", "results/matmul/{device}.environment.parquet", "matmul",
     "the matmul job's environment: one row before and one after its timed work",
     _ENVIRONMENT_COLUMNS,
+)
+
+MATMUL_SAMPLES = Table(
+    "matmul_samples", "results/matmul/{device}.samples.parquet", "matmul",
+    "one row per timed sample of every attempt of every measured matmul-table row",
+    (*_MATMUL_KEY,
+     _c("attempt", I64, "which timing of the row (1 first; more when disturbed)", "1"),
+     _c("sample", I64, "index of the sample within its attempt, in the order measured", "1"),
+     _c("number_per_run", I64, "calls timed together in this sample", "1"),
+     _c("time_s", F64, "the sample's time divided by number_per_run: seconds per call", "s"),
+     _c("reported", BOOL, "this attempt is the one whose median the matmul table reports")),
 )
 
 _TIMINGS_COLUMNS = (
@@ -374,7 +420,7 @@ SUMMARY: dict[str, Table] = {
         _summary("matmul", "every row of results/matmul/*.parquet, plus the speed-ups", (
             *_MATMUL_COLUMNS,
             _c("speedup_vs_numpy_float64", F64, "time of NumPy float64 on the CPU for the same "
-               "case and shape / this row's time", "1", True),
+               "case and shape / this row's time (NaN where either is noisy)", "1", True),
             _c("speedup_vs_numpy_same_dtype", F64, "the same against NumPy of this row's dtype",
                "1", True),
         )),
@@ -708,4 +754,5 @@ def describe(table: Table) -> str:
 
 def all_tables() -> Mapping[str, Table]:
     """Every declared table by its path template."""
-    return {t.path: t for t in (MATMUL, MATMUL_ENVIRONMENT, *TRAIN.values(), *SUMMARY.values())}
+    return {t.path: t for t in (MATMUL, MATMUL_ENVIRONMENT, MATMUL_SAMPLES, *TRAIN.values(),
+                                *SUMMARY.values())}

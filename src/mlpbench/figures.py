@@ -40,7 +40,7 @@ from mlpbench.findings import train_device  # noqa: E402
 from mlpbench.io import write_bytes_atomic  # noqa: E402
 from mlpbench.present import (DEVICE_COLOURS, DIVERGED_COLOUR, DTYPE_STYLE,  # noqa: E402
                               PALETTE, SERIES_COLOURS, dataset_order, device_name, fmt_time,
-                              series_label)
+                              num, series_label)
 from mlpbench.tables import load_tables  # noqa: E402
 
 Tables = Mapping[str, pd.DataFrame]
@@ -158,11 +158,21 @@ def _datasets(tables: Tables) -> list[str]:
 
 
 def _matmul_ok(tables: Tables) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(products, products that are ok and not flagged noisy)."""
     mm = _table(tables, "matmul")
     if mm.empty:
         return mm, mm
     rows = mm[mm["kind"] == "matmul"]
-    return rows, rows[rows["status"] == "ok"]
+    return rows, rows[(rows["status"] == "ok") & ~_noisy(rows)]
+
+
+def _noisy(df: pd.DataFrame) -> pd.Series:
+    return (df["noisy"].astype(bool) & (df["status"] == "ok") if "noisy" in df.columns
+            else pd.Series(False, index=df.index))
+
+
+NOISY_STYLE = {"marker": "x", "color": "#888888", "s": 36, "zorder": 4, "linewidths": 1.2}
+NOISY_LABEL = "noisy: disturbed in every attempt, not used"
 
 
 def fig_matmul_time(tables: Tables) -> Figure:
@@ -178,7 +188,10 @@ def fig_matmul_time(tables: Tables) -> Figure:
     handles = {}
     for ax, df, xcol, xlabel, title in panels:
         ax.set_title(title)
-        if df.empty:
+        flagged = rows[_noisy(rows)] if len(rows) else rows
+        flagged = (flagged[flagged["case"] == "square"] if xcol == "n" else
+                   flagged[flagged["case"].isin(["gemv", "lesson"])])
+        if df.empty and flagged.empty:
             _empty(ax, "No successful timings for this case.")
             continue
         df = df.assign(kn=df["k"] * df["n"])
@@ -196,10 +209,14 @@ def fig_matmul_time(tables: Tables) -> Figure:
                 handles["lesson case (1 × 6400 @ 6400 × 5000)"] = Line2D(
                     [], [], linestyle="none", marker="*", markersize=12, color="white",
                     markeredgecolor="black")
+        if len(flagged):
+            flagged = flagged.assign(kn=flagged["k"] * flagged["n"])
+            handles[NOISY_LABEL] = ax.scatter(flagged[xcol], flagged["time_s_median"] * 1e3,
+                                              **NOISY_STYLE)
         _log(ax, "x")
         _log(ax, "y")
         if xcol == "n":  # a handful of sizes: label them plainly
-            sizes = sorted(df["n"].unique())
+            sizes = sorted(set(df["n"]) | set(flagged["n"]))
             ax.set_xticks(sizes, [str(int(v)) for v in sizes])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
@@ -212,17 +229,23 @@ def fig_matmul_time(tables: Tables) -> Figure:
 
 
 def fig_matmul_roofline(tables: Tables) -> Figure:
-    """Achieved GFLOP/s vs arithmetic intensity with the measured bandwidth roof; GB/s share."""
+    """Achieved GFLOP/s vs arithmetic intensity under both measured roofs (memory: the best
+    copy; compute: the best square product per dtype, drawn from its ridge point); GB/s share.
+    Rows flagged noisy are drawn as grey crosses and set no roof."""
     rows, ok = _matmul_ok(tables)
     fig, axes = _figure(1, 2, 10.5, 4.3)
     ax, ax2 = axes[0]
     ax.set_title("Roofline view: achieved GFLOP/s")
     ax2.set_title("Matrix-vector: share of measured bandwidth")
     handles: dict[str, object] = {}
-    if ok.empty:
+    flagged = rows[_noisy(rows)] if len(rows) else rows
+    if ok.empty and flagged.empty:
         _empty(ax, "No successful timings.")
         _empty(ax2, "No successful timings.")
     else:
+        if ok.empty:
+            _note(ax2, "Every timing was disturbed (flagged noisy): no roof is drawn and no "
+                       "share of it is shown.")
         for (backend, device, dtype), g in ok.groupby(["backend", "device", "dtype"]):
             style = _style(backend, device, dtype)
             g = g.sort_values("intensity_flop_per_byte")
@@ -234,16 +257,38 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
             mv = mv.sort_values("mib")
             if len(mv):
                 ax2.plot(mv["mib"], mv["bandwidth_share"], **style)
-        imin = ok["intensity_flop_per_byte"].min() / 2
-        imax = ok["intensity_flop_per_byte"].max() * 2
+        if len(flagged):
+            handles[NOISY_LABEL] = ax.scatter(flagged["intensity_flop_per_byte"],
+                                              flagged["gflop_s"], **NOISY_STYLE)
+        shown = ok if len(ok) else flagged
+        imin = shown["intensity_flop_per_byte"].min() / 2
+        imax = shown["intensity_flop_per_byte"].max() * 2
         grid = np.geomspace(imin, imax, 50)
+        top = (ok.groupby("device")["compute_roof_gflop_s"].max()
+               if "compute_roof_gflop_s" in ok.columns else pd.Series(dtype=float))
         for i, (device, bw) in enumerate(ok.groupby("device")["bandwidth_gb_s"].median().items()):
             if not np.isfinite(bw):
                 continue
-            h, = ax.plot(grid, bw * grid, color="black", linestyle=[":", "-."][i % 2],
+            roof = top.get(device, np.nan)
+            line = grid[bw * grid <= roof * 1.5] if np.isfinite(roof) else grid
+            h, = ax.plot(line, bw * line, color="black", linestyle=[":", "-."][i % 2],
                          linewidth=1.2)
             handles[f"{device_name(device)} memory roof: "
                     f"{bw:.1f} GB/s × intensity"] = h
+        # Compute roofs: the best square product per device and dtype, from the ridge on.
+        roofs = (ok.groupby(["device", "dtype"])[["compute_roof_gflop_s", "ridge_flop_per_byte"]]
+                 .median() if "compute_roof_gflop_s" in ok.columns else pd.DataFrame())
+        for (device, dtype), r in roofs.iterrows():
+            roof, ridge = r["compute_roof_gflop_s"], r["ridge_flop_per_byte"]
+            if not np.isfinite(roof):
+                continue
+            start = ridge if np.isfinite(ridge) else imin
+            h, = ax.plot([start, max(imax, start * 2)], [roof, roof], color="#444444",
+                         linestyle="-" if dtype == "float32" else "--", linewidth=1.4)
+            if np.isfinite(ridge):
+                ax.plot([ridge], [roof], marker="|", markersize=10, color="#444444")
+            handles[f"{device_name(device)} {dtype} compute roof: {num(roof)} GFLOP/s"
+                    + (f" (ridge {num(ridge)} FLOP/B)" if np.isfinite(ridge) else "")] = h
         _log(ax, "x")
         _log(ax, "y")
         ax.set_xlabel("arithmetic intensity (FLOP / operand byte)")

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlpbench.guard import WAIT_LIMIT_THREADS
 from mlpbench.tables import HOMEWORK_AXES, rank_configurations
 
 FINDINGS_COLUMNS = ["finding", "section", "dataset", "device", "subject", "verdict", "value",
@@ -44,6 +45,7 @@ ABOVE_COPY = 1.05            # bandwidth share above this beats the copy benchma
 BANDWIDTH_BOUND = 0.5        # bandwidth share at least this: bandwidth is the limit
 MEMORY_BOUND_INTENSITY = 1.0  # FLOP per byte below this: memory bound on any current device
 SMALL_TEST_SET = 5           # a test set of at most this many points moves in big steps
+REAL_GAIN = 1.1              # a setting this much faster (time ratio) is a real gain
 
 RULES = {
     "cuda_status": "CUDA is available for a stage when any of its CUDA rows has status ok",
@@ -99,7 +101,27 @@ RULES = {
                        "the min-max ranges of the two shapes' timed windows do not overlap; "
                        "within_spread when they overlap, no_spread when either has one window",
     "member_epoch_range": "fastest and slowest ensemble time per member-epoch",
-    "matmul_blocks": "fewest and most timer blocks behind one median (products and copies)",
+    "matmul_samples": "fewest and most samples behind one median (products and copies)",
+    "noisy_timings": f"timings during which the job's threads waited for a CPU (on average "
+                     f"more than {WAIT_LIMIT_THREADS:g} threads) in every attempt: kept, shown "
+                     f"flagged, and left out of every other finding",
+    "lesson_twin_left_out": "lesson-case timings whose twin in the matrix-vector series "
+                            "disagrees are left out of the headline",
+    "compute_roof": "the highest GFLOP/s of a square product on the device in the dtype "
+                    "(rows not noisy): the measured compute roof, the best over several "
+                    "shapes as mamf-finder takes it",
+    "ridge_point": "compute roof / memory roof (FLOP per byte): products of lower arithmetic "
+                   "intensity are memory bound, of higher intensity compute bound",
+    "lesson_bound": "the lesson product's intensity against its device's ridge point",
+    "unsynchronised_lesson": "the lesson's CUDA time against this run's float32 lesson product "
+                             "on CUDA timed the lesson's way (no synchronisation) and "
+                             "synchronised: it is closer (|log ratio|) to the one it most "
+                             "likely measured",
+    "pinned_copy": f"copy of y to the GPU from pinned vs pageable host memory; pinned is "
+                   f"faster when the time ratio exceeds {REAL_GAIN:g}",
+    "tf32": f"float32 product on CUDA with TF32 allowed vs torch's default (TF32 off, since "
+            f"torch 1.12), largest square product; TF32 helps when the time ratio exceeds "
+            f"{REAL_GAIN:g}",
     "seeds": "most seeds trained per configuration of a dataset",
 }
 
@@ -145,7 +167,7 @@ def _key(row: pd.Series, columns: list[str]) -> dict[str, Any]:
 
 
 MM_KEY = ["backend", "device", "dtype", "case", "kind", "m", "k", "n", "time_s_median",
-          "time_s_iqr", "status"]
+          "time_s_iqr", "n_runs", "status"]
 TRAIN_KEY = ["dataset", "device", "width", "depth", "lr", "epochs", "variant", "status",
              "n_seeds", "n_ok"]
 
@@ -194,7 +216,9 @@ def _lesson_time(mm: pd.DataFrame, backend: str, device: str, dtype: str) -> flo
 def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
                     twin_tolerance: float = TWIN_TOLERANCE,
                     non_monotonic_factor: float = NON_MONOTONIC_FACTOR) -> list[dict]:
-    out: list[dict] = []
+    out: list[dict] = _noisy_timings(mm)
+    if "noisy" in mm.columns:  # no conclusion rests on a row flagged noisy
+        mm = mm[~mm["noisy"].astype(bool)]
     ok = mm[(mm["kind"] == "matmul") & (mm["status"] == "ok")]
     lesson_ok = _lesson_ok(mm)
     ours = mm[(mm["case"] == "lesson") & (mm["kind"] == "matmul")]
@@ -205,12 +229,27 @@ def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
         out.append(_row("lesson_case_shape", "lesson", f"x({r['m']}×{r['k']}) @ y({r['k']}×"
                         f"{r['n']})", "same" if same else "differs",
                         {"run": _key(r, ["m", "k", "n"]), "lesson": _key(ref, ["m", "k", "n"])}))
+    twins = _twin_timings(mm, twin_tolerance)
+    # The headline rests on no lesson-case timing that its twin contradicts.
+    doubted = [(f["ev_backend"], f["ev_dtype"]) for f in twins if f["verdict"] == "disagree"]
+    for f in twins:
+        del f["ev_backend"], f["ev_dtype"]
+    if doubted:
+        trusted = pd.Series([(b, dt) not in doubted for b, dt in
+                             zip(lesson_ok["backend"], lesson_ok["dtype"])], index=lesson_ok.index)
+        headline = lesson_ok[trusted | (lesson_ok["device"] != "cpu")]
+        out.append(_row("lesson_twin_left_out", "matmul", "lesson-case timings left out of "
+                        "the headline", "left_out",
+                        {"series": [_series(b, "cpu", dt) for b, dt in doubted]},
+                        value=len(doubted), unit="count"))
+    else:
+        headline = lesson_ok
     np64 = _lesson_time(mm, "numpy", "cpu", "float64")
-    if len(lesson_ok):
-        f = lesson_ok.sort_values(["time_s_median", "backend", "device", "dtype"]).iloc[0]
+    if len(headline):
+        f = headline.sort_values(["time_s_median", "backend", "device", "dtype"]).iloc[0]
         out.append(_row("lesson_fastest", "matmul", _series(f["backend"], f["device"], f["dtype"]),
                         "fastest", {"fastest": _key(f, MM_KEY), "numpy_float64_s": np64,
-                                    "candidates": len(lesson_ok),
+                                    "candidates": len(headline),
                                     "speedup_vs_numpy_float64": np64 / f["time_s_median"]},
                         device=f["device"], value=f["time_s_median"], reference_value=np64,
                         unit="s"))
@@ -256,7 +295,7 @@ def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
                         {"row": _key(top, [*MM_KEY, "gb_s"]), "n_rows": len(g)}, device=device,
                         value=top["gb_s"], unit="GB/s"))
     out += _dtype_vs_library(mm, lesson_ok, np64, cpu32)
-    out += _twin_timings(mm, twin_tolerance)
+    out += twins
     if len(lesson_ok):
         top = lesson_ok.sort_values("bandwidth_share").iloc[-1]
         share = float(top["bandwidth_share"])
@@ -281,11 +320,117 @@ def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
                         {"row": _key(top, [*MM_KEY, "gflop_s", "intensity_flop_per_byte"])},
                         device=top["device"], value=top["gflop_s"], unit="GFLOP/s"))
     out += _rises_with_size(ok, non_monotonic_factor)
+    out += _roofs(mm)
+    out += _gpu_pitfalls(mm, lesson)
     n_runs = mm.loc[mm["status"] == "ok", "n_runs"].dropna()
     if len(n_runs):
-        out.append(_row("matmul_blocks", "matmul", "timer blocks per matmul median", "measured",
+        out.append(_row("matmul_samples", "matmul", "samples per matmul median", "measured",
                         {"n_rows": len(n_runs)}, value=n_runs.min(),
                         reference_value=n_runs.max(), unit="count"))
+    return out
+
+
+def _noisy_timings(mm: pd.DataFrame) -> list[dict]:
+    """One row: how many measured rows the guard flagged noisy, and which."""
+    if "noisy" not in mm.columns:
+        return []
+    measured = mm[mm["status"] == "ok"]
+    noisy = measured[measured["noisy"].astype(bool)]
+    return [_row("noisy_timings", "matmul", "timings flagged noisy",
+                 "flagged" if len(noisy) else "none",
+                 {"rows": [_key(r, [*MM_KEY, "cpu_wait_threads", "attempts", "noise_reason"])
+                           for _, r in noisy.iterrows()],
+                  "n_measured": len(measured), "wait_limit_threads": WAIT_LIMIT_THREADS},
+                 value=len(noisy), reference_value=len(measured), unit="count")]
+
+
+def _roofs(mm: pd.DataFrame) -> list[dict]:
+    """Per device x dtype the measured compute roof and the ridge point; the lesson's side."""
+    out = []
+    if "compute_roof_gflop_s" not in mm.columns:
+        return out
+    ok = mm[(mm["kind"] == "matmul") & (mm["status"] == "ok")]
+    for (device, dtype), g in ok.groupby(["device", "dtype"], sort=True):
+        sq = g[g["case"] == "square"]
+        if sq.empty or not np.isfinite(sq["gflop_s"]).any():
+            continue
+        top = sq.sort_values("gflop_s").iloc[-1]
+        roof, bw = float(top["gflop_s"]), float(top["bandwidth_gb_s"])
+        out.append(_row("compute_roof", "matmul", f"{device} {dtype}", "measured",
+                        {"row": _key(top, [*MM_KEY, "gflop_s"]), "shapes": len(sq)},
+                        device=device, value=roof, unit="GFLOP/s"))
+        if not _finite(bw):
+            continue
+        ridge = roof / bw
+        sides = g["intensity_flop_per_byte"] < ridge
+        out.append(_row("ridge_point", "matmul", f"{device} {dtype}", "measured",
+                        {"compute_roof_gflop_s": roof, "bandwidth_gb_s": bw,
+                         "memory_bound": int(sides.sum()), "compute_bound": int((~sides).sum()),
+                         "largest_square": _key(sq.sort_values("n").iloc[-1],
+                                                [*MM_KEY, "intensity_flop_per_byte",
+                                                 "compute_share", "bound"])},
+                        device=device, value=ridge, reference_value=roof, unit="FLOP/byte"))
+        for _, r in g[g["case"] == "lesson"].iterrows():
+            i = float(r["intensity_flop_per_byte"])
+            out.append(_row("lesson_bound", "matmul", _series(r["backend"], device, dtype),
+                            "memory_bound" if i < ridge else "compute_bound",
+                            {"row": _key(r, [*MM_KEY, "intensity_flop_per_byte", "gflop_s",
+                                             "bandwidth_share", "compute_share"]),
+                             "compute_roof_gflop_s": roof, "bandwidth_gb_s": bw},
+                            device=device, value=i, reference_value=ridge, unit="FLOP/byte"))
+    return out
+
+
+def _one(mm: pd.DataFrame, **where: Any) -> pd.Series | None:
+    rows = mm[mm["status"] == "ok"]
+    for col, value in where.items():
+        rows = rows[rows[col] == value]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _gpu_pitfalls(mm: pd.DataFrame, lesson: pd.DataFrame) -> list[dict]:
+    """The lesson's GPU pitfalls, measured: no synchronisation, pageable copies, TF32."""
+    out = []
+    cuda = mm[(mm["device"] == "cuda") & (mm["dtype"] == "float32")]
+    synced = _one(cuda, case="lesson", kind="matmul")
+    nosync = _one(cuda, case="lesson", kind="matmul_nosync")
+    ref = lesson[lesson["device"] == "cuda"] if len(lesson) else lesson
+    if synced is not None and nosync is not None and len(ref):
+        t_lesson = float(ref["time_s"].iloc[0])
+        t_sync, t_nosync = float(synced["time_s_median"]), float(nosync["time_s_median"])
+        near_sync = abs(math.log(t_lesson / t_sync)) <= abs(math.log(t_lesson / t_nosync))
+        out.append(_row("unsynchronised_lesson", "lesson", "the lesson's CUDA time",
+                        "closer_to_synchronised" if near_sync else "closer_to_unsynchronised",
+                        {"lesson_s": t_lesson, "synchronised": _key(synced, MM_KEY),
+                         "unsynchronised": _key(nosync, [*MM_KEY, "number_per_run"]),
+                         "synchronised_over_unsynchronised": t_sync / t_nosync},
+                        device="cuda", value=t_nosync, reference_value=t_sync, unit="s"))
+    pageable = _one(cuda, case="lesson", kind="h2d")
+    pinned = _one(cuda, case="lesson", kind="h2d_pinned")
+    if pageable is not None and pinned is not None:
+        ratio = float(pageable["time_s_median"]) / float(pinned["time_s_median"])
+        out.append(_row("pinned_copy", "matmul", "copy y to the GPU: pinned vs pageable",
+                        "pinned_faster" if ratio > REAL_GAIN else "no_real_gain",
+                        {"pageable": _key(pageable, [*MM_KEY, "gb_s"]),
+                         "pinned": _key(pinned, [*MM_KEY, "gb_s"]),
+                         "pageable_over_pinned": ratio},
+                        device="cuda", value=pinned["time_s_median"],
+                        reference_value=pageable["time_s_median"], unit="s"))
+    squares = cuda[(cuda["case"] == "square") & (cuda["status"] == "ok")]
+    both = sorted(set(squares.loc[squares["kind"] == "matmul", "n"])
+                  & set(squares.loc[squares["kind"] == "matmul_tf32", "n"]))
+    if both:
+        n = both[-1]
+        off = _one(squares, kind="matmul", n=n)
+        on = _one(squares, kind="matmul_tf32", n=n)
+        ratio = float(off["time_s_median"]) / float(on["time_s_median"])
+        out.append(_row("tf32", "matmul", f"float32 {n}×{n} product on CUDA, TF32 on vs off",
+                        "tf32_faster" if ratio > REAL_GAIN else "no_real_gain",
+                        {"off": _key(off, [*MM_KEY, "gflop_s"]),
+                         "on": _key(on, [*MM_KEY, "gflop_s"]), "off_over_on": ratio,
+                         "torch_default": "allow_tf32 = False (since torch 1.12)"},
+                        device="cuda", value=on["time_s_median"],
+                        reference_value=off["time_s_median"], unit="s"))
     return out
 
 
@@ -311,7 +456,8 @@ def _dtype_vs_library(mm, lesson_ok, np64, cpu32) -> list[dict]:
 
 
 def _twin_timings(mm: pd.DataFrame, tolerance: float) -> list[dict]:
-    """Lesson-case CPU products that the matrix-vector series timed again."""
+    """Lesson-case CPU products that the matrix-vector series timed again (each row carries
+    ``ev_backend``/``ev_dtype`` for the caller, which removes them)."""
     out = []
     ok = mm[(mm["kind"] == "matmul") & (mm["status"] == "ok") & (mm["device"] == "cpu")]
     for _, row in ok[ok["case"] == "lesson"].iterrows():
@@ -322,11 +468,12 @@ def _twin_timings(mm: pd.DataFrame, tolerance: float) -> list[dict]:
             continue
         t, t_twin = float(row["time_s_median"]), float(twin["time_s_median"].iloc[0])
         disagree = abs(math.log(t_twin / t)) > math.log(1 + tolerance)
-        out.append(_row("twin_timing", "lesson", _series(row["backend"], "cpu", row["dtype"]),
-                        "disagree" if disagree else "agree",
-                        {"lesson_case": _key(row, MM_KEY), "gemv_twin": _key(twin.iloc[0], MM_KEY),
-                         "iqr_share": row["time_s_iqr"] / t, "tolerance": tolerance},
-                        device="cpu", value=t, reference_value=t_twin, unit="s"))
+        found = _row("twin_timing", "lesson", _series(row["backend"], "cpu", row["dtype"]),
+                     "disagree" if disagree else "agree",
+                     {"lesson_case": _key(row, MM_KEY), "gemv_twin": _key(twin.iloc[0], MM_KEY),
+                      "iqr_share": row["time_s_iqr"] / t, "tolerance": tolerance},
+                     device="cpu", value=t, reference_value=t_twin, unit="s")
+        out.append({**found, "ev_backend": row["backend"], "ev_dtype": row["dtype"]})
     return out
 
 

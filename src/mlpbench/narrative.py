@@ -18,8 +18,8 @@ import pandas as pd
 from mlpbench.findings import axis_rows
 from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, SPREAD_WORDS, VERDICT_WORDS,
                               axis_span, axis_value, blas_text, ci_text, dataset_intro,
-                              dataset_order, dataset_title, device_name, fmt_time, network, num,
-                              pct, plural, series_label, spread_time, times, why)
+                              dataset_order, dataset_title, device_name, finite, fmt_time, network,
+                              num, pct, plural, series_label, spread_time, times, why)
 from mlpbench.tables import epoch_time_by_shape
 
 
@@ -154,9 +154,16 @@ class Story:
             bullets.append(
                 f"The lesson's product x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']}) was fastest "
                 f"with {series_label(r['backend'], r['device'], r['dtype'])}: "
-                f"{fmt_time(fast['value'])}, {times(fast['ev']['speedup_vs_numpy_float64'])} the "
-                f"speed of the lesson's baseline (NumPy float64, "
-                f"{fmt_time(fast['reference_value'])} here).")
+                f"{fmt_time(fast['value'])}, "
+                + (f"{times(fast['ev']['speedup_vs_numpy_float64'])} the speed of the lesson's "
+                   f"baseline (NumPy float64, {fmt_time(fast['reference_value'])} here)."
+                   if finite(fast["reference_value"]) else
+                   "with no usable timing of the lesson's baseline (NumPy float64) here to "
+                   "compare it with."))
+        else:
+            bullets.append("The lesson's product has no timing in this run that a conclusion "
+                           "can rest on (see the flagged timings below).")
+        bullets += self.trust_bullets()
         bullets.append("CUDA: " + (f"unavailable in this run, because {why(self.cuda_mm)}. Every "
                                    "GPU question below is left open rather than guessed."
                                    if self.cuda_mm else
@@ -178,6 +185,51 @@ class Story:
                    "; no other configuration trained without diverging."))
         return "\n".join(f"- {b}" for b in bullets)
 
+    def trust_bullets(self) -> list[str]:
+        """What the headline leaves out: timings flagged noisy, contradicted lesson timings."""
+        out = []
+        noisy, left = self.one("noisy_timings"), self.one("lesson_twin_left_out")
+        if noisy and noisy["verdict"] == "flagged":
+            out.append(
+                f"{plural(noisy['value'], 'timing')} of {int(noisy['reference_value'])} "
+                f"{'was' if noisy['value'] == 1 else 'were'} disturbed: other work took the "
+                f"CPUs the benchmark ran on, in every attempt. "
+                f"{'It is' if noisy['value'] == 1 else 'They are'} shown flagged *noisy* and "
+                "no headline, verdict or speed-up in this report rests on "
+                f"{'it' if noisy['value'] == 1 else 'them'}. Flagged: "
+                + self.noisy_list(noisy["ev"]["rows"]) + ".")
+        if left:
+            out.append(
+                "Left out of the headline: the lesson-case timing of "
+                + " and ".join(series_label(*x.split()) for x in left["ev"]["series"])
+                + ", because the same product timed again in the matrix-vector series "
+                  "disagrees with it.")
+        return out
+
+    @staticmethod
+    def noisy_list(rows: list[dict], most: int = 5) -> str:
+        items = [f"{series_label(r['backend'], r['device'], r['dtype'])} "
+                 + ("copy (the bandwidth reference)" if r["kind"] == "copy" else
+                    f"{r['case']} {r['kind']} x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']})")
+                 + f" ({num(r['cpu_wait_threads'], 2)} threads waiting)" for r in rows[:most]]
+        more = len(rows) - most
+        return "; ".join(items) + (f"; and {more} more (`tables/matmul.csv`, column `noisy`)"
+                                   if more > 0 else "")
+
+    def noisy_table(self) -> pd.DataFrame:
+        """The rows flagged noisy, with the reason (an empty table when none were)."""
+        mm = self.mm
+        rows = mm[mm["noisy"].astype(bool)] if "noisy" in mm.columns else mm.iloc[:0]
+        return pd.DataFrame({
+            "what": [series_label(b, d, t) for b, d, t in
+                     zip(rows["backend"], rows["device"], rows["dtype"])],
+            "product": [f"{c} {k}, x({m}×{kk}) @ y({kk}×{n})" for c, k, m, kk, n in
+                        zip(rows["case"], rows["kind"], rows["m"], rows["k"], rows["n"])],
+            "median (noisy)": rows["time_s_median"].map(fmt_time),
+            "threads waiting for a CPU": rows["cpu_wait_threads"].map(lambda v: num(v, 2)),
+            "attempts": rows["attempts"].astype(int).astype(str),
+        })
+
     def lesson_table(self) -> pd.DataFrame:
         mm, lesson = self.mm, self.lesson
         ours = mm[(mm["case"] == "lesson") & (mm["kind"] == "matmul")]
@@ -190,10 +242,12 @@ class Story:
                  "timing": f"{r['timer']}, {r['sync']}"} for _, r in lesson.iterrows()]
         rows += [{"source": "this run", "what": series_label(r["backend"], r["device"],
                                                              r["dtype"]),
-                  "time": fmt_time(r["time_s_median"]) if r["status"] == "ok" else r["status"],
+                  "time": (fmt_time(r["time_s_median"])
+                           + (" (noisy: not used)" if r.get("noisy", False) else "")
+                           if r["status"] == "ok" else r["status"]),
                   "GB/s": num(r["gb_s"]), "GFLOP/s": num(r["gflop_s"]),
                   "speed vs NumPy float64 (same source)": times(r["speedup_vs_numpy_float64"]),
-                  "timing": (f"median of {plural(r['n_runs'], 'block')} of "
+                  "timing": (f"median of {plural(r['n_runs'], 'sample')} of "
                              f"{plural(r['number_per_run'], 'call')}, "
                              f"{plural(r['threads'], 'thread')}"
                              + (", synchronised" if r["device"] == "cuda" else "")
@@ -240,6 +294,7 @@ class Story:
                     f"{fmt_time(copy['value'])}, {times(copy['ev']['copy_over_product'])} the "
                     f"product itself. For a single product the GPU pays off only when the data "
                     f"already live there.")
+            text += self.gpu_pitfalls()
         if intensity:
             bw = self.find("copy_bandwidth")
             text.append(
@@ -254,7 +309,65 @@ class Story:
                 + (" This run's copy benchmark measured " + ", ".join(
                     f"{num(f['value'])} GB/s on {device_name(f['device'])}" for f in bw) + "."
                    if bw else ""))
+        text += [self.bound_sentence(f) for f in self.find("lesson_bound")
+                 if f["subject"].endswith("float32") and f["subject"].startswith("torch")]
         return "\n\n".join(text)
+
+    def bound_sentence(self, f: dict) -> str:
+        """One lesson_bound finding in words: the two measured roofs, the ridge, the side."""
+        e = f["ev"]
+        return (f"From the two roofs measured in this run on {device_name(f['device'])} "
+                f"(float32): compute {num(e['compute_roof_gflop_s'])} GFLOP/s, the best square "
+                f"product, and memory {num(e['bandwidth_gb_s'])} GB/s, the best copy, the ridge "
+                f"point lies at {num(f['reference_value'])} FLOP per byte. The lesson's product,"
+                f" at {num(f['value'], 2)} FLOP per byte, is "
+                + ("left of it: memory bound." if f["verdict"] == "memory_bound" else
+                   "right of it: compute bound.")
+                + f" It reached {pct(e['row']['bandwidth_share'], 0)} of the memory roof and "
+                  f"{pct(e['row']['compute_share'], 0)} of the compute roof.")
+
+    def gpu_pitfalls(self) -> list[str]:
+        """The lesson's GPU pitfalls as measured: no synchronisation, pageable copy, TF32."""
+        text = []
+        unsync, pinned, tf32 = (self.one("unsynchronised_lesson"), self.one("pinned_copy"),
+                                self.one("tf32"))
+        if unsync:
+            e = unsync["ev"]
+            text.append(
+                f"Timed the lesson's way, without synchronisation and "
+                f"{plural(e['unsynchronised']['number_per_run'], 'call')} per `%timeit` loop, "
+                f"the same product reads {fmt_time(unsync['value'])} on this GPU, against "
+                f"{fmt_time(unsync['reference_value'])} when the clock waits for the result. "
+                f"The lesson's {fmt_time(e['lesson_s'])} is closer to the "
+                + ("synchronised time, so on a GPU like this one it most likely measured the "
+                   "product itself: the launch queue filled and each launch waited for an "
+                   "earlier product to finish." if unsync["verdict"] == "closer_to_synchronised"
+                   else "unsynchronised one, so it most likely measured how fast the product "
+                   "is queued, not how fast it runs.")
+                + " (The lesson ran on another GPU; this compares the two ways of timing, not "
+                  "the two GPUs.)")
+        if pinned:
+            e = pinned["ev"]
+            text.append(
+                f"Copying y from pinned (page-locked) host memory took "
+                f"{fmt_time(pinned['value'])} ({num(e['pinned']['gb_s'])} GB/s) against "
+                f"{fmt_time(pinned['reference_value'])} ({num(e['pageable']['gb_s'])} GB/s) "
+                f"from ordinary pageable memory, as the lesson's `y.to('cuda')` copies: "
+                + (f"pinned memory is {times(e['pageable_over_pinned'])} faster."
+                   if pinned["verdict"] == "pinned_faster" else "no real gain here."))
+        if tf32:
+            e = tf32["ev"]
+            text.append(
+                f"{tf32['subject'][0].upper()}{tf32['subject'][1:]}: "
+                f"{fmt_time(tf32['value'])} with TF32 allowed against "
+                f"{fmt_time(tf32['reference_value'])} without "
+                + (f"({times(e['off_over_on'])} faster). " if tf32["verdict"] == "tf32_faster"
+                   else "(no real gain). ")
+                + "torch leaves TF32 off for float32 matrix products by default "
+                  "(`torch.backends.cuda.matmul.allow_tf32 = False` since torch 1.12), so "
+                  "float32 products keep float32 precision unless a program opts in; every "
+                  "other CUDA timing in this report has it off.")
+        return text
 
     def numpy_answer(self) -> str:
         gap, split = self.one("lesson_numpy_gap"), self.one("dtype_vs_library")
@@ -335,7 +448,7 @@ class Story:
                f"y({b['k']}×{b['n']})"
                for a, b in ((f["ev"]["smaller"], f["ev"]["larger"])
                             for f in self.find("rises_with_size", verdict="does_not_rise"))]
-        paragraphs = [" ".join(text)]
+        paragraphs = [" ".join(text), self.ridge_paragraph()]
         if odd:
             paragraphs.append(
                 "Not every curve rises with size: " + "; ".join(odd) + ". The amount of work "
@@ -347,11 +460,36 @@ class Story:
                 f"No CUDA points appear: CUDA was unavailable, because {why(self.cuda_mm)}.")
         return "\n\n".join(p for p in paragraphs if p)
 
+    def ridge_paragraph(self) -> str:
+        """Both measured roofs per device and dtype, the ridge point, and who lies where."""
+        ridges = self.find("ridge_point")
+        if not ridges:
+            return ("This run measured no compute roof (no square product it could use), so "
+                    "it cannot place the products against a ridge point.")
+        parts = []
+        for f in ridges:
+            e = f["ev"]
+            big = e["largest_square"]
+            parts.append(
+                f"{device_name(f['device'])} {f['subject'].split()[-1]}: compute roof "
+                f"{num(e['compute_roof_gflop_s'])} GFLOP/s, memory roof "
+                f"{num(e['bandwidth_gb_s'])} GB/s, ridge at {num(f['value'])} FLOP per byte; "
+                f"{plural(e['memory_bound'], 'product')} memory bound, "
+                f"{e['compute_bound']} compute bound (the {int(big['n'])}×{int(big['n'])} "
+                f"square product reached {pct(big['compute_share'], 0)} of the compute roof)")
+        return ("Both roofs of the figure are measured in this run: the compute roof is the "
+                "best rate of any square product in that dtype (the best over several shapes, "
+                "as mamf-finder measures the achievable matmul FLOPS), the memory roof the best "
+                "copy. A product whose arithmetic intensity lies below the ridge point (compute "
+                "roof ÷ memory roof) cannot reach the compute roof, however well it runs: it is "
+                "memory bound. " + "; ".join(parts) + ".")
+
     def copy_table(self) -> pd.DataFrame:
         c = self.mm[self.mm["kind"] == "copy"]
+        noisy = c["noisy"].astype(bool) if "noisy" in c.columns else c["status"] != c["status"]
         return pd.DataFrame({"device": c["device"].map(device_name), "backend": c["backend"],
                              "dtype": c["dtype"], "copy bandwidth (GB/s)": c["gb_s"].map(num),
-                             "status": c["status"]})
+                             "status": c["status"].where(~noisy, "ok, noisy: not used")})
 
     def first_network(self) -> str:
         name = self.first
@@ -643,7 +781,8 @@ class Story:
                                    if x.startswith("stmt ")))
         details = list(dict.fromkeys(x for p in parts for x in p[1:]
                                      if not x.startswith("stmt ")))
-        blocks = self.one("matmul_blocks")
+        blocks = self.one("matmul_samples")
+        noisy = self.one("noisy_timings")
         items = [
             "**Timer.** " + (", ".join(f"`{t}`" for t in timers) or "no successful timings")
             + (" for every backend, timing " + ", ".join(
@@ -651,15 +790,27 @@ class Story:
             + ("; " + "; ".join(details) if details else "")
             + (". The timer calls a product in blocks of many calls, long enough that reading "
                "the clock (and, on CUDA, synchronising) costs nothing next to them, and repeats "
-               "blocks until the minimum run time is reached; each time is the median over "
-               "blocks of the time per call ("
-               + (plural(blocks["value"], "block")
+               "blocks until the minimum run time is reached; a product slower than that is "
+               "called singly until it has `matmul.min_samples` samples. Each time is the "
+               "median over samples of the time per call ("
+               + (plural(blocks["value"], "sample")
                   if blocks["value"] == blocks["reference_value"] else
-                  f"between {int(blocks['value'])} and {int(blocks['reference_value'])} blocks")
-               + " per product, after warm-up). With few blocks the interquartile range, kept "
-               "in the tables, says little: raise `matmul.min_run_time_s` for a tighter spread."
+                  f"between {int(blocks['value'])} and {int(blocks['reference_value'])} samples")
+               + " per product, after warm-up); every sample is kept in "
+               "`results/matmul/<device>.samples.parquet`."
                if blocks else "."),
             self.training_timing_item(),
+            "**Disturbed timings.** During every timing the job reads, from the Linux "
+            "scheduler, how long its threads were ready to run but waited for a CPU that other "
+            "work held; averaged over the timing this counts threads kept waiting. A timing "
+            "with more than " + (f"{noisy['ev']['wait_limit_threads']:g} threads"
+                                 if noisy else "a tenth of a thread")
+            + " waiting on average is measured again, "
+            "up to `matmul.max_attempts` times; one disturbed in every attempt is kept, flagged "
+            "*noisy*, and left out of every conclusion. "
+            + (("This run flagged " + plural(noisy["value"], "timing") + " of "
+                + str(int(noisy["reference_value"])) + "." if noisy["verdict"] == "flagged"
+                else "This run flagged none.") if noisy else ""),
             "**CUDA synchronisation.** GPU timings wait for the device before the clock is "
             "read, so they time the finished work; the lesson's `%timeit` did not.",
             f"**Threads.** Matrix products on the CPU were timed with {self.threads('matmul')} "

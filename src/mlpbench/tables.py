@@ -27,7 +27,8 @@ Tables and their columns
       against the lesson's baseline (NumPy float64, 1 x 6400 @ 6400 x 5000).
     - ``speedup_vs_numpy_same_dtype``: the same against NumPy of this row's dtype.
 
-    Both are NaN for non-matmul rows, rows that are not ``ok`` and shapes without a NumPy row.
+    Both are NaN for non-matmul rows, rows that are not ``ok``, rows flagged ``noisy`` (or
+    whose NumPy reference is) and shapes without a NumPy row.
 
 ``train_summary``
     One row per dataset x device x width x depth x lr x epochs (checkpoint):
@@ -110,6 +111,7 @@ import pandas as pd
 
 from mlpbench import contract
 from mlpbench.contract import (
+    LESSON_TIMEIT_LOOPS,
     MATMUL,
     MATMUL_ENVIRONMENT,
     SUMMARY,
@@ -207,7 +209,8 @@ def _describe(df: pd.DataFrame, keys: list[str], value: str, prefix: str) -> pd.
 def matmul_table(raw: pd.DataFrame) -> pd.DataFrame:
     """The input rows plus the two NumPy speed-ups (see the module docstring)."""
     df = raw.reset_index(drop=True).copy()
-    ok = (df["status"] == "ok") & (df["kind"] == "matmul")
+    # A row flagged noisy (disturbed in every attempt) is neither a reference nor sped up.
+    ok = (df["status"] == "ok") & (df["kind"] == "matmul") & ~df["noisy"].astype(bool)
     ref = df[ok & (df["backend"] == "numpy") & (df["device"] == "cpu")]
     # Not keyed by host: the aggregate reads one config's files, and on a cluster the CPU and CUDA
     # jobs run on different nodes.
@@ -244,7 +247,7 @@ def lesson_reference_table() -> pd.DataFrame:
                 "k": k,
                 "n": n,
                 "time_s": item["time_s"],
-                "timer": "%timeit, 100 loops",
+                "timer": f"%timeit, {LESSON_TIMEIT_LOOPS} loops",
                 "sync": item["sync"],
                 "note": item["note"],
                 "flop": flop,

@@ -9,6 +9,7 @@ rule matmul:
     output:
         table="results/matmul/{device}.parquet",
         environment="results/matmul/{device}.environment.parquet",
+        samples="results/matmul/{device}.samples.parquet",
     log:
         "logs/matmul/{device}.log",
     wildcard_constraints:
