@@ -119,14 +119,14 @@ show(S.numpy_answer())
 #
 # Square products (m = k = n) do many multiply-adds per byte and can approach the processor's
 # arithmetic peak; matrix-vector products (m = 1, like the lesson's) cannot. The second
-# figure places every product by its arithmetic intensity against the memory roof drawn from
-# the measured copy bandwidth.
+# figure places every product by its arithmetic intensity against both measured roofs: the
+# memory roof from the best copy and the compute roof from the best square product.
 
 # %%
 #| echo: false
 figure("matmul_time")
 figure("matmul_roofline")
-show(S.size_answer(), S.copy_table())
+show(S.size_answer(), S.copy_table(), S.noisy_table())
 
 # %% [markdown]
 # ## The first network

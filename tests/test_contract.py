@@ -248,7 +248,7 @@ def test_a_train_file_with_a_missing_column_stops_the_aggregate(synthetic):
     pq.write_table(pq.read_table(path).drop_columns(["loss"]), path)
     assert _one_line_error(synthetic) == (
         f"{path}: column 'loss' missing (expected double); "
-        "rerun: snakemake --cores 4 --forcerun train")
+        f"rerun: snakemake --cores 4 --forcerun {path}")
 
 
 def test_a_truncated_train_file_stops_the_aggregate(synthetic):
@@ -256,7 +256,7 @@ def test_a_truncated_train_file_stops_the_aggregate(synthetic):
     path.write_bytes(path.read_bytes()[:100])
     message = _one_line_error(synthetic)
     assert message.startswith(f"{path}: not a readable parquet file (")
-    assert message.endswith("; rerun: snakemake --cores 4 --forcerun train")
+    assert message.endswith(f"; rerun: snakemake --cores 4 --forcerun {path}")
 
 
 def test_a_wrong_type_names_expected_and_found(synthetic):
@@ -267,14 +267,14 @@ def test_a_wrong_type_names_expected_and_found(synthetic):
     pq.write_table(data, path)
     assert _one_line_error(synthetic) == (
         f"{path}: column 'dataset': expected string, found null; "
-        "rerun: snakemake --cores 4 --forcerun train")
+        f"rerun: snakemake --cores 4 --forcerun {path}")
 
 
 def test_a_missing_or_damaged_matmul_file_is_named(synthetic):
     path = synthetic.matmul_files[1]
     path.unlink()
     assert _one_line_error(synthetic) == (
-        f"{path}: file not found; rerun: snakemake --cores 4 --forcerun matmul")
+        f"{path}: file not found; rerun: snakemake --cores 4 --forcerun {path}")
     pq.write_table(pa.table({"host": pa.array([], pa.string())}), path)
     assert _one_line_error(synthetic).startswith(f"{path}: column 'backend' missing")
 
@@ -286,7 +286,7 @@ def test_a_null_where_the_contract_allows_none_is_named(synthetic):
     pq.write_table(data.set_column(data.schema.get_field_index("status"), "status", status), path)
     assert _one_line_error(synthetic) == (
         f"{path}: column 'status': expected no missing values, found 1; "
-        "rerun: snakemake --cores 4 --forcerun train")
+        f"rerun: snakemake --cores 4 --forcerun {path}")
 
 
 def test_a_damaged_summary_table_is_named_on_load(tmp_path, synthetic):
@@ -295,7 +295,8 @@ def test_a_damaged_summary_table_is_named_on_load(tmp_path, synthetic):
     (out / "epoch_time.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(ContractError, match=re.escape(
             f"{out / 'epoch_time.parquet'}: not a readable parquet file (")
-            + r".*; rerun: snakemake --cores 4 --forcerun aggregate$"):
+            + r".*; rerun: snakemake --cores 4 --forcerun "
+            + re.escape(str(out / "epoch_time.parquet")) + "$"):
         tables.load_tables(out)
 
 
@@ -314,4 +315,4 @@ def test_a_gap_in_the_logit_columns_is_named(synthetic):
     pq.write_table(pq.read_table(path).drop_columns(["logit_1"]), path)
     assert _one_line_error(synthetic) == (
         f"{path}: pattern columns ['logit_0', 'logit_2'] are not logit_0 .. logit_1; "
-        "rerun: snakemake --cores 4 --forcerun train")
+        f"rerun: snakemake --cores 4 --forcerun {path}")

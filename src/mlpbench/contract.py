@@ -128,9 +128,10 @@ class Table:
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    @property
-    def remedy(self) -> str:
-        return f"rerun: snakemake --cores 4 --forcerun {self.rule}"
+    def remedy(self, path: PathLike) -> str:
+        """How to write ``path`` again: Snakemake's ``--forcerun`` takes the file itself, so only
+        the job that writes it (a ``{self.rule}`` job) reruns, with everything after it."""
+        return f"rerun: snakemake --cores 4 --forcerun {os.fspath(path)}"
 
     def schema(self, extra: Iterable[str] = ()) -> pa.Schema:
         """The Arrow schema; ``extra`` names the pattern columns present (e.g. ``logit_0``)."""
@@ -668,7 +669,7 @@ def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
 
 def check(found: pa.Schema, table: Table, where: PathLike) -> list[str]:
     """Check a file's schema; return its pattern columns. Raises ContractError (one line)."""
-    remedy = table.remedy
+    remedy = table.remedy(where)
     names = list(found.names)
     for column in table.columns:
         if column.name not in names:
@@ -694,7 +695,7 @@ def read(path: PathLike, table: Table) -> pa.Table:
     declared types). Raises ContractError, one line naming the file and the remedy, when the
     file is missing, unreadable, has a column missing, an undeclared column, a wrong type or a
     null where none is allowed."""
-    remedy = table.remedy
+    remedy = table.remedy(path)
     if not os.path.exists(path):
         raise ContractError(f"{path}: file not found; {remedy}")
     try:
