@@ -211,3 +211,70 @@ def test_every_lesson_table_matches_its_contract(ops):
         assert contract.to_arrow(frame, contract.LESSON[name]).num_rows == len(frame)
     assert list(frames["findings"].columns) == contract.SUMMARY["findings"].column_names
     assert isinstance(frames["findings"], pd.DataFrame)
+
+
+# --------------------------------------------------------------------------- the report's passages
+
+
+def _story(findings: pd.DataFrame, mm: pd.DataFrame | None = None):
+    from mlpbench.narrative import Story
+
+    story = Story.__new__(Story)  # only the findings lookup is needed
+    story.findings, story.mm = findings, mm
+    return story
+
+
+@pytest.fixture(scope="module")
+def passages(job, learned, ops):
+    from mlpbench.narrative import LessonPassages
+
+    net, pick = learned
+    points = lesson.predicted_test_points(net, pick, job["predictions"], EXPERIMENT)
+    autograd = lesson.autograd_table()
+    first = lesson.first_layer_gradients(job["gradnorms"], EXPERIMENT["baseline"])
+    tables = {"ops": ops, "autograd": autograd, "parameters": lesson.parameters_table(net, pick),
+              "test_points": points, "code": lesson.code_table()}
+    return LessonPassages(_story(lesson.lesson_findings(ops, autograd, points, first)), tables)
+
+
+def test_parameters_print_as_torch_prints_them(learned):
+    from mlpbench.narrative import torch_print
+
+    net, _ = learned
+    for par in net.parameters():
+        assert torch_print(par.detach().numpy()) == str(par)
+
+
+def test_passages_state_the_findings(passages):
+    text = " ".join(p for p in passages.ops_answer() if isinstance(p, str))
+    assert "Graph and formula agree at every depth" in text
+    assert "MvBackward0 → ReluBackward0 → MvBackward0" in text
+    table = passages.ops_table()
+    assert table["operations: 2L + 4 / graph"].tolist() == [f"{2 * d + 4} / {2 * d + 4}"
+                                                             for d in DEPTHS]
+    test = passages.test_points_answer()[0]
+    assert "The lesson's run printed `[0 2 2]` for the labels `[0 1 2]`: 2 of 3 right, not all " \
+           "points correctly classified." in test
+    printed = passages.parameters_answer()[1]
+    assert printed.count("Parameter containing:") == 4
+    assert "input_to_hidden_layer.weight: weights from the input layer to the hidden layer" \
+        in printed
+
+
+def test_code_folds_hold_the_lessons_code_and_the_source_that_ran(passages):
+    fold = passages.code("training")
+    assert fold.startswith("<details>") and fold.endswith("</details>")
+    assert lesson.LESSON_CODE["training"] in fold
+    assert inspect.getsource(training.lesson_loop).rstrip() in fold
+    assert inspect.getsource(LessonNet).rstrip() in fold
+
+
+def test_passages_without_lesson_tables_say_so():
+    from mlpbench.narrative import LessonPassages
+
+    empty = LessonPassages(_story(pd.DataFrame(columns=contract.SUMMARY["findings"].column_names)),
+                           {})
+    for answer in (empty.ops_answer(), empty.autograd_answer(), empty.parameters_answer(),
+                   empty.test_points_answer()):
+        assert answer == [LessonPassages.MISSING]
+    assert empty.code("training") == ""

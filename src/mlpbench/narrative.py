@@ -659,7 +659,10 @@ class Story:
 
 def _fence(source: str, language: str = "python") -> str:
     """A fenced code block long enough to hold ``source`` whatever backticks it contains."""
-    ticks = "`" * max(3, max((len(r) for r in source.split("\n") if set(r) == {"`"}), default=0) + 1)
+    import re  # only this helper needs it
+
+    longest = max((len(run) for run in re.findall(r"`+", source)), default=0)
+    ticks = "`" * max(3, longest + 1)
     return f"{ticks}{language}\n{source.rstrip()}\n{ticks}"
 
 
@@ -681,6 +684,11 @@ def torch_print(values: Any, requires_grad: bool = True) -> str:
     body = body.replace("\n", "\n" + " " * len("tensor("))
     return f"Parameter containing:\ntensor({body}" + (", requires_grad=True)" if requires_grad
                                                       else ")")
+
+
+def np_list(values: list) -> str:
+    """A list of classes as NumPy prints an array: ``[0 2 2]``."""
+    return "[" + " ".join(str(v) for v in values) + "]"
 
 
 class LessonPassages:
@@ -721,21 +729,24 @@ class LessonPassages:
             "own derivative once.")
 
     def ops_table(self) -> pd.DataFrame:
+        """Formula against graph per depth, with the first layer's gradient at initialisation."""
         ops = self.t["ops"]
         grads = self.s.one("first_layer_gradient_depth")
         by_depth = (dict(zip(grads["ev"]["depths"], grads["ev"]["grad_norm_mean"]))
                     if grads else {})
+
+        def pair(formula: str, counted: str) -> list[str]:
+            return [f"{a} / {b}" for a, b in zip(ops[formula], ops[counted])]
+
         return pd.DataFrame({
             "hidden layers L": ops["depth"],
-            "operations, 2L + 4": ops["operations_formula"],
-            "operations on the graph": ops["operations_graph"],
-            "multiplications, 2L + 4": ops["multiplications_formula"],
-            "backward steps on the graph": ops["backward_steps_graph"],
-            "CrossEntropyLoss graph, 2L + 6": ops["training_nodes_formula"],
-            "CrossEntropyLoss graph, counted": ops["training_nodes_graph"],
-            "first-layer gradient norm at init (mean over seeds)": [
-                num(by_depth[d]) if d in by_depth else "not trained"
-                for d in ops["depth"].astype(int)],
+            "operations: 2L + 4 / graph": pair("operations_formula", "operations_graph"),
+            "multiplications: 2L + 4 / backward steps": pair("multiplications_formula",
+                                                             "backward_steps_graph"),
+            "CrossEntropyLoss nodes: 2L + 6 / graph": pair("training_nodes_formula",
+                                                           "training_nodes_graph"),
+            "first-layer gradient norm at init": [
+                num(by_depth[d]) if d in by_depth else "—" for d in ops["depth"].astype(int)],
         })
 
     def ops_answer(self) -> list[str | pd.DataFrame]:
@@ -772,9 +783,11 @@ class LessonPassages:
         g = self.s.one("first_layer_gradient_depth")
         text = ("Every added hidden layer puts two more factors into the chain for dL/dW₀: "
                 "the ReLU's derivative (1 where a unit is active, 0 where it is not) and a "
-                "weight matrix whose entries start well below one. ")
+                "weight matrix, whose entries `nn.Linear` draws between ±1/√(inputs of the "
+                "layer), below one in size. ")
         if g is None:
-            return text + "This run trained no two depths of the lesson's network to compare."
+            return text + ("This run trained no two depths of the lesson's network to compare "
+                           "(the last column shows — where a depth was not trained).")
         d = g["ev"]["depths"]
         words = {"shrinks": "falls with every added layer",
                  "smaller": "is smaller with the deepest network than with the shallowest, "
@@ -784,8 +797,8 @@ class LessonPassages:
             f"Measured on the toy data at initialisation (mean over seeds), the first layer's "
             f"gradient norm {words}: {num(g['reference_value'])} with "
             f"{plural(d[0], 'hidden layer')}, {num(g['value'])} with "
-            f"{plural(d[-1], 'hidden layer')}. The figure under *Gradients through depth* "
-            f"below shows every layer.")
+            f"{plural(d[-1], 'hidden layer')} (last column; — where a depth was not trained). "
+            f"The figure under *Gradients through depth* below shows every layer.")
 
     # ------------------------------------------------------------------ autograd
 
@@ -867,11 +880,11 @@ class LessonPassages:
         ev = f["ev"]
         lesson = ""
         if ev.get("lesson_pred") is not None:
-            lesson = (f"The lesson's run printed `{ev['lesson_pred']}` for the labels "
-                      f"`{ev['label']}`: {ev['lesson_correct']} of {len(ev['label'])} right, "
+            lesson = (f"The lesson's run printed `{np_list(ev['lesson_pred'])}` for the labels "
+                      f"`{np_list(ev['label'])}`: {ev['lesson_correct']} of {len(ev['label'])} right, "
                       + ("all points correctly classified. " if ev["lesson_verdict"] ==
                          "all_correct" else "not all points correctly classified. "))
-        mine = (f"Seed {seed} predicts `{ev['pred']}`: {int(f['value'])} of "
+        mine = (f"Seed {seed} predicts `{np_list(ev['pred'])}`: {int(f['value'])} of "
                 f"{int(f['reference_value'])} right — "
                 + ("all points correctly classified." if f["verdict"] == "all_correct" else
                    "not all points correctly classified either." if lesson

@@ -20,7 +20,9 @@ LESSON_FILES = expand("results/lesson/{name}.parquet", name=LESSON_TABLES)
 
 
 # The lesson's exercises and worked examples: operation counts on autograd graphs, the autograd
-# example, and the learned parameters and test predictions of the lesson's network.
+# example, and the learned parameters and test predictions of the lesson's network. It measures
+# no time, but it computes: it takes the `timing` slot so that it never shares the cores with a
+# job that does.
 rule lesson:
     input:
         **LESSON_INPUTS,
@@ -31,6 +33,8 @@ rule lesson:
     conda:
         "../envs/mlpbench.yaml"
     threads: 1
+    resources:
+        timing=1,
     params:
         depths=LESSON_DEPTHS,
         experiment=experiment("toy"),
