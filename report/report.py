@@ -209,6 +209,16 @@ figure("grad_norms")
 show(S.grad_answer())
 
 # %% [markdown]
+# ### More layers, given more epochs
+#
+# The homework's depth sweep trains every deeper network for the lesson's epoch count only.
+# Does depth help once the deeper networks are given more epochs to train?
+
+# %%
+#| echo: false
+show(*L.depth_epochs_answer())
+
+# %% [markdown]
 # ## More data sets
 #
 # The homework goes on to other data, learned by the same kind of network; each data set this

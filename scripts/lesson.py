@@ -6,6 +6,7 @@ from mlpbench import lesson
 from mlpbench.contract import LESSON, TRAIN, empty_frame, read, write
 from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
+from mlpbench.training import run_training_job
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
     for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
@@ -28,10 +29,18 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
         first_layer = lesson.first_layer_gradients(gradnorms, experiment["baseline"])
     else:
         log.info("toy data not trained on the CPU in this run: no learned parameters")
+    depth_epochs = empty_frame(LESSON["depth_epochs"])
+    if snakemake.params.depth_epochs:  # noqa: F821
+        grid = lesson.depth_epochs_experiment(experiment)
+        log.info("depth x epochs: depths %s, epochs %s", grid["depth"], grid["epochs"])
+        trained = run_training_job("toy", grid, "cpu", snakemake.threads,  # noqa: F821
+                                   {"resolution": 2, "margin": 0.0})
+        depth_epochs = lesson.depth_epochs_table(trained["metrics"], grid["baseline"])
     tables = {
         "ops": ops, "autograd": autograd, "parameters": params, "test_points": points,
-        "code": lesson.code_table(),
-        "findings": lesson.lesson_findings(ops, autograd, points, first_layer),
+        "code": lesson.code_table(), "depth_epochs": depth_epochs,
+        "findings": lesson.lesson_findings(ops, autograd, points, first_layer, depth_epochs,
+                                           experiment["baseline"]["depth"]),
     }
     for path in snakemake.output:  # noqa: F821
         stem = path.rsplit("/", 1)[-1].removesuffix(".parquet")

@@ -205,7 +205,8 @@ def test_every_lesson_table_matches_its_contract(ops):
     frames = {"ops": ops, "autograd": lesson.autograd_table(), "code": lesson.code_table(),
               "findings": lesson.lesson_findings(ops, lesson.autograd_table()),
               "parameters": contract.empty_frame(contract.LESSON["parameters"]),
-              "test_points": contract.empty_frame(contract.LESSON["test_points"])}
+              "test_points": contract.empty_frame(contract.LESSON["test_points"]),
+              "depth_epochs": contract.empty_frame(contract.LESSON["depth_epochs"])}
     assert set(frames) == set(contract.LESSON)
     for name, frame in frames.items():
         assert contract.to_arrow(frame, contract.LESSON[name]).num_rows == len(frame)
@@ -278,3 +279,72 @@ def test_passages_without_lesson_tables_say_so():
                    empty.test_points_answer()):
         assert answer == [LessonPassages.MISSING]
     assert empty.code("training") == ""
+
+
+# --------------------------------------------------------------------------- depth given time
+
+
+def test_depth_epochs_grid_is_every_depth_at_every_epoch_count():
+    exp = {"baseline": {"epochs": 1000, "width": 4, "depth": 1, "lr": 0.001},
+           "epochs": [2000, 5000], "depth": [2, 6], "width": [4, 8], "lr": [0.001], "seeds": 16}
+    grid = lesson.depth_epochs_experiment(exp)
+    assert grid["mode"] == "grid" and grid["width"] == [4] and grid["lr"] == [0.001]
+    assert grid["depth"] == [1, 2, 6] and grid["epochs"] == [1000, 2000, 5000]
+    assert grid["seeds"] == 16
+
+
+def _depth_rows(means: dict[tuple[int, int], tuple[float, float, float]]) -> pd.DataFrame:
+    rows = [{"depth": d, "width": 4, "lr": 0.01, "epochs": e, "n_seeds": 8, "n_diverged": 0,
+             "loss_mean": 0.5, "train_acc_mean": m, "test_acc_mean": m, "test_acc_ci95_low": lo,
+             "test_acc_ci95_high": hi, "test_acc_min": lo, "test_acc_max": hi}
+            for (d, e), (m, lo, hi) in means.items()]
+    return pd.DataFrame(rows)
+
+
+def test_depth_given_time_names_the_epoch_count_from_which_depth_helps():
+    table = _depth_rows({
+        (1, 100): (0.5, 0.45, 0.55), (1, 200): (0.6, 0.55, 0.65), (1, 400): (0.6, 0.55, 0.65),
+        (2, 100): (0.3, 0.25, 0.35), (2, 200): (0.8, 0.75, 0.85), (2, 400): (0.9, 0.85, 0.95),
+        (3, 100): (0.3, 0.25, 0.35), (3, 200): (0.3, 0.25, 0.35), (3, 400): (0.4, 0.35, 0.45),
+        (4, 100): (0.3, 0.25, 0.35), (4, 200): (0.6, 0.5, 0.7), (4, 400): (0.62, 0.5, 0.7),
+    })
+    contract.to_arrow(table, contract.LESSON["depth_epochs"])
+    found = {f["subject"]: f for f in lesson.depth_given_time_findings(table, 1)}
+    assert found["2 vs 1 hidden layers"]["verdict"] == "helps"
+    assert found["2 vs 1 hidden layers"]["value"] == 200
+    assert found["3 vs 1 hidden layers"]["verdict"] == "hurts"
+    assert found["4 vs 1 hidden layers"]["verdict"] == "within_seed_noise"
+
+
+def test_depth_given_time_from_a_trained_grid():
+    exp = {"baseline": {"epochs": 20, "width": 4, "depth": 1, "lr": 0.01},
+           "epochs": [20, 60], "depth": [1, 2], "seeds": 3}
+    grid = lesson.depth_epochs_experiment(exp)
+    trained = run_training_job("toy", grid, "cpu", 1, {"resolution": 2, "margin": 0.0})
+    table = lesson.depth_epochs_table(trained["metrics"], grid["baseline"])
+    assert table[["depth", "epochs"]].values.tolist() == [[1, 20], [1, 60], [2, 20], [2, 60]]
+    m = trained["metrics"]
+    for _, row in table.iterrows():
+        sel = m[(m["depth"] == row["depth"]) & (m["epochs"] == row["epochs"])]
+        assert row["test_acc_mean"] == pytest.approx(sel["test_acc"].mean())
+        assert row["n_seeds"] == 3
+    contract.to_arrow(table, contract.LESSON["depth_epochs"])
+    found = lesson.lesson_findings(lesson.ops_table([1]), lesson.autograd_table(),
+                                   depth_epochs=table, base_depth=1)
+    assert (found["finding"] == "depth_given_time").sum() == 1
+
+
+def test_depth_given_time_passage_reads_the_findings():
+    from mlpbench.narrative import LessonPassages
+
+    table = _depth_rows({(1, 100): (0.5, 0.45, 0.55), (1, 200): (0.6, 0.55, 0.65),
+                         (2, 100): (0.3, 0.25, 0.35), (2, 200): (0.8, 0.75, 0.85)})
+    findings = pd.DataFrame(lesson.depth_given_time_findings(table, 1))
+    text, shown, verdicts = LessonPassages(_story(findings), {"depth_epochs": table}) \
+        .depth_epochs_answer()
+    assert shown.columns.tolist() == ["hidden layers", "100 epochs", "200 epochs"]
+    assert shown.iloc[1].tolist() == [2, "30% (25%–35%)", "80% (75%–85%)"]
+    assert "With 2 hidden layers the network beats the one with 1 hidden layer from 200 epochs on." in verdicts
+    off = LessonPassages(_story(findings.iloc[:0]),
+                         {"depth_epochs": contract.empty_frame(contract.LESSON["depth_epochs"])})
+    assert off.depth_epochs_answer() == [LessonPassages.DEPTH_EPOCHS_OFF]

@@ -721,6 +721,17 @@ LESSON: dict[str, Table] = {
             _c("title", STR, "what the code is"),
             _c("source", STR, "the code"),
         )),
+        _lesson("depth_epochs", "one row per depth x epoch count of the lesson's network on the "
+                                "toy data, over seeds (empty unless the config's "
+                                "lesson.depth_epochs is on)", (
+            _DEPTH, _WIDTH, _LR, _EPOCHS,
+            _c("n_seeds", I64, "seeds trained", "1"),
+            _c("n_diverged", I64, "seeds whose loss became non-finite", "1"),
+            _c("loss_mean", F64, "mean final training loss over the seeds not diverged", "nat",
+               True),
+            _c("train_acc_mean", F64, "mean training accuracy", "1", True),
+            *(c for c in _stats("test_acc", "test accuracy", "1") if c.name != "test_acc_std"),
+        )),
         _lesson("findings", "the lesson section's conclusions, one row each (gathered into "
                             "results/tables/findings by the aggregate rule)",
                 SUMMARY["findings"].columns),

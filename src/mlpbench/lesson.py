@@ -411,6 +411,60 @@ def predicted_test_points(net: nn.Module, pick: pd.Series, predictions: pd.DataF
     return out
 
 
+# --------------------------------------------------------------------------- depth given time
+
+DEPTH_EPOCHS_COLUMNS = ("depth", "width", "lr", "epochs", "n_seeds", "n_diverged", "loss_mean",
+                        "train_acc_mean", "test_acc_mean", "test_acc_ci95_low",
+                        "test_acc_ci95_high", "test_acc_min", "test_acc_max")
+
+
+def depth_epochs_experiment(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """The toy config turned into a depth x epochs grid: every depth of its depth axis (and the
+    baseline's) at every epoch count of its epochs axis (and the baseline's), at the baseline's
+    width and learning rate, with the same seeds, momentum and batch size. Each depth trains
+    once to the longest epoch count; the shorter counts are checkpoints of that run."""
+    base = experiment["baseline"]
+    return {
+        "mode": "grid", "baseline": dict(base),
+        "epochs": sorted({*experiment.get("epochs", []), base["epochs"]}),
+        "width": [base["width"]],
+        "depth": sorted({*experiment.get("depth", []), base["depth"]}),
+        "lr": [base["lr"]], "seeds": experiment["seeds"],
+        "momentum": experiment.get("momentum", 0.0), "batch_size": experiment.get("batch_size"),
+    }
+
+
+def depth_epochs_table(metrics: pd.DataFrame, baseline: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per depth x epochs of a depth x epochs grid's metrics (a training job's metrics
+    table), with the statistics over seeds of ``mlpbench.tables.train_summary_table``."""
+    from mlpbench.tables import train_summary_table
+
+    summary = train_summary_table(metrics, {str(d): baseline for d in metrics["dataset"].unique()})
+    return summary[list(DEPTH_EPOCHS_COLUMNS)].sort_values(["depth", "epochs"]).reset_index(
+        drop=True)
+
+
+def _depth_verdicts(table: pd.DataFrame, base_depth: int) -> list[dict[str, Any]]:
+    """Per deeper network, its verdict against the baseline depth at each epoch count."""
+    from mlpbench.findings import _ci_verdict  # the report's one rule for "better than"
+
+    base = table[table["depth"] == base_depth].set_index("epochs")
+    out = []
+    for depth, rows in table[table["depth"] != base_depth].groupby("depth", sort=True):
+        steps = []
+        for _, row in rows.sort_values("epochs").iterrows():
+            if row["epochs"] not in base.index:
+                continue
+            ref = base.loc[row["epochs"]]
+            steps.append({"epochs": int(row["epochs"]),
+                          "verdict": _ci_verdict(ref, row, "test_acc", True),
+                          "test_acc_mean": row["test_acc_mean"], "test_acc_min": row["test_acc_min"],
+                          "test_acc_max": row["test_acc_max"],
+                          "baseline_depth_test_acc_mean": ref["test_acc_mean"]})
+        out.append({"depth": int(depth), "steps": steps})
+    return out
+
+
 # --------------------------------------------------------------------------- code
 
 
@@ -468,6 +522,11 @@ RULES = {
     "test_points": "arg-max class of the representative seed's logits on each test point against "
                    "its label; all_correct or not_all_correct (the same rule applied to the "
                    "lesson's printed classes gives lesson_verdict)",
+    "depth_given_time": "test accuracy of each deeper network against the baseline depth at the "
+                        "same epoch count (better or worse when the 95% intervals of the means "
+                        "do not overlap); helps: better at the longest epoch count, value = the "
+                        "smallest count from which it is better at every longer one; hurts: "
+                        "worse at the longest; else within_seed_noise (or too_few_seeds)",
     "first_layer_gradient_depth": "mean over seeds of the first layer's weight-gradient norm at "
                                   "initialisation, baseline width and lr, at each depth: "
                                   "shrinks when it falls with every added layer, smaller when "
@@ -495,9 +554,37 @@ def first_layer_gradients(gradnorms: pd.DataFrame, baseline: Mapping[str, Any]) 
     return g.groupby("depth")["grad_norm"].mean().sort_index()
 
 
+def depth_given_time_findings(table: pd.DataFrame, base_depth: int) -> list[dict[str, Any]]:
+    """One ``depth_given_time`` finding per depth other than ``base_depth`` in a
+    :func:`depth_epochs_table`."""
+    rows = []
+    for item in _depth_verdicts(table, base_depth):
+        steps = item["steps"]
+        if not steps:
+            continue
+        verdicts = [s["verdict"] for s in steps]
+        last = verdicts[-1]
+        value = float(steps[-1]["epochs"])
+        if last == "better":
+            first = len(verdicts)
+            while first > 0 and verdicts[first - 1] == "better":
+                first -= 1
+            verdict, value = "helps", float(steps[first]["epochs"])
+        else:
+            verdict = {"worse": "hurts"}.get(last, last)
+        rows.append(_finding(
+            "depth_given_time", f"{item['depth']} vs {base_depth} hidden layers", verdict,
+            {"depth": item["depth"], "base_depth": base_depth, "steps": steps},
+            dataset="toy", value=value, reference_value=float(steps[-1]["epochs"]),
+            unit="epochs"))
+    return rows
+
+
 def lesson_findings(ops: pd.DataFrame, autograd: pd.DataFrame,
                     test_points: pd.DataFrame | None = None,
-                    first_layer: pd.Series | None = None) -> pd.DataFrame:
+                    first_layer: pd.Series | None = None,
+                    depth_epochs: pd.DataFrame | None = None,
+                    base_depth: int = 1) -> pd.DataFrame:
     """The lesson section's conclusions as findings rows (columns of the findings table)."""
     rows = []
     ok = ((ops["operations_graph"] == ops["operations_formula"])
@@ -556,4 +643,6 @@ def lesson_findings(ops: pd.DataFrame, autograd: pd.DataFrame,
             f"{int(first_layer.index[-1])}", verdict,
             {"depths": [int(d) for d in first_layer.index], "grad_norm_mean": values.tolist()},
             value=values[-1], reference_value=values[0], unit="1"))
+    if depth_epochs is not None and len(depth_epochs):
+        rows += depth_given_time_findings(depth_epochs, base_depth)
     return pd.DataFrame(rows)

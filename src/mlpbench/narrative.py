@@ -922,3 +922,49 @@ class LessonPassages:
         timed = [("How this run timed the lesson's product (recorded with each timing)",
                   "\n".join(items) or "No lesson-case timing in this run.")]
         return self.code("matmul", timed)
+
+    # ------------------------------------------------------------------ depth given time
+
+    DEPTH_EPOCHS_OFF = (
+        "Not run in this run. In the homework's sweep the deeper networks get the lesson's "
+        "epoch count only, where most of them are still at chance, so the sweep cannot say "
+        "whether depth helps once it has time to train. Turn on "
+        "`--config 'lesson={depth_epochs: true}'` to train every depth of the toy data's depth "
+        "axis at every epoch count of its epochs axis (checkpoints of one run per depth); with "
+        "the default grids it adds about 20 s of training on one CPU core, which is why it is "
+        "off by default.")
+    DEPTH_WORDS = {"helps": "beats", "hurts": "still trails",
+                   "within_seed_noise": "is within seed luck of",
+                   "too_few_seeds": "cannot be told apart (too few seeds) from"}
+
+    def depth_epochs_answer(self) -> list[str | pd.DataFrame]:
+        if not self.available("depth_epochs"):
+            return [self.MISSING]
+        de = self.t["depth_epochs"]
+        if de.empty:
+            return [self.DEPTH_EPOCHS_OFF]
+        table = de.pivot(index="depth", columns="epochs", values="test_acc_mean")
+        spread = {(r["depth"], r["epochs"]): f" ({pct(r['test_acc_min'], 0)}–"
+                  f"{pct(r['test_acc_max'], 0)})" for _, r in de.iterrows()}
+        shown = pd.DataFrame({"hidden layers": table.index.astype(int)})
+        for epochs in table.columns:
+            shown[f"{int(epochs)} epochs"] = [
+                pct(table.loc[d, epochs], 0) + spread[(d, epochs)] for d in table.index]
+        first = de.iloc[0]
+        sentences = []
+        for f in self.s.find("depth_given_time"):
+            ev = f["ev"]
+            word = self.DEPTH_WORDS.get(f["verdict"], f["verdict"])
+            when = (f"from {plural(f['value'], 'epoch')} on" if f["verdict"] == "helps" else
+                    f"at {plural(f['reference_value'], 'epoch')}")
+            sentences.append(f"With {plural(ev['depth'], 'hidden layer')} the network {word} "
+                             f"the one with {plural(ev['base_depth'], 'hidden layer')} {when}.")
+        return [
+            f"Mean test accuracy over {plural(int(first['n_seeds']), 'seed')} (worst–best seed) "
+            f"of the lesson's network with more hidden layers ({plural(first['width'], 'unit')} "
+            f"each, learning rate {first['lr']:g}) at each epoch count, each depth trained once "
+            f"to the longest count:",
+            shown,
+            "Against the lesson's depth at the same epoch count (a difference counts when the "
+            "95% intervals of the two means do not overlap): " + " ".join(sentences),
+        ]

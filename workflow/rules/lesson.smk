@@ -38,6 +38,7 @@ rule lesson:
     params:
         depths=LESSON_DEPTHS,
         experiment=experiment("toy"),
+        depth_epochs=config["lesson"]["depth_epochs"],
         code=code_version(workflow.source_path("../../scripts/lesson.py")),
     script:
         "../../scripts/lesson.py"
