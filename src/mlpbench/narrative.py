@@ -965,6 +965,7 @@ class LessonPassages:
             f"each, learning rate {first['lr']:g}) at each epoch count, each depth trained once "
             f"to the longest count:",
             shown,
-            "Against the lesson's depth at the same epoch count (a difference counts when the "
-            "95% intervals of the two means do not overlap): " + " ".join(sentences),
+            "Each deeper network is set against the lesson's depth at the same epoch count; a "
+            "difference counts when the 95% intervals of the two means do not overlap. "
+            + " ".join(sentences),
         ]
