@@ -257,6 +257,10 @@ if len(S.times):
          "member-epoch.")
 show(S.epoch_time_table())
 
+# %%
+#| echo: false
+show(L.code("epoch_time"))
+
 # %% [markdown]
 # ## Method
 

@@ -716,7 +716,7 @@ LESSON: dict[str, Table] = {
         _lesson("code", "one row per piece of code shown in the report: the lesson's, and the "
                         "mlpbench source that ran instead", (
             _c("section", STR, "report section: matmul, training, ops, autograd, parameters, "
-                               "testing"),
+                               "testing, epoch_time"),
             _c("side", STR, "lesson (the slides' code) or mlpbench (the source that ran)"),
             _c("title", STR, "what the code is"),
             _c("source", STR, "the code"),

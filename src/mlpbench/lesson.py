@@ -496,6 +496,10 @@ def code_table(measure: Callable = timing.measure) -> pd.DataFrame:
                         learned_network),
                        ("mlpbench.lesson.parameters_table", parameters_table)],
         "testing": [("mlpbench.lesson.predicted_test_points", predicted_test_points)],
+        "epoch_time": [("mlpbench.training._time_loop: the lesson's loop, timed for one seed",
+                        training._time_loop),
+                       ("mlpbench.training._train_shape: the ensemble of a shape, timed",
+                        training._train_shape)],
     }
     rows = []
     for section, items in mine.items():
