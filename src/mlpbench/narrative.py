@@ -927,12 +927,11 @@ class LessonPassages:
 
     DEPTH_EPOCHS_OFF = (
         "Not run in this run. In the homework's sweep the deeper networks get the lesson's "
-        "epoch count only, where most of them are still at chance, so the sweep cannot say "
-        "whether depth helps once it has time to train. Turn on "
-        "`--config 'lesson={depth_epochs: true}'` to train every depth of the toy data's depth "
-        "axis at every epoch count of its epochs axis (checkpoints of one run per depth); with "
-        "the default grids it adds about 20 s of training on one CPU core, which is why it is "
-        "off by default.")
+        "epoch count only, so the sweep cannot say whether depth helps once it has time to "
+        "train. `snakemake --cores 4 --config 'lesson={depth_epochs: true}'` trains every "
+        "depth of the toy data's depth axis at every epoch count of its epochs axis "
+        "(checkpoints of one run per depth); with the default grids it adds about 20 s of "
+        "training on one CPU core, which is why it is off by default.")
     DEPTH_WORDS = {"helps": "beats", "hurts": "still trails",
                    "within_seed_noise": "is within seed luck of",
                    "too_few_seeds": "cannot be told apart (too few seeds) from"}
