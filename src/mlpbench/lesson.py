@@ -20,6 +20,10 @@ tidy table whose columns are declared in :data:`mlpbench.contract.LESSON`:
   the lesson's printed ``[0 2 2]``, with the share of seeds that classify each point right.
 * ``code`` -- for each report section, the lesson's code and the source mlpbench ran instead,
   read with :func:`inspect.getsource` from the functions that ran (never a copy by hand).
+* ``depth_epochs`` -- optional (config ``lesson.depth_epochs``): the toy data's depth axis
+  trained at every epoch count (:func:`depth_epochs_experiment`), so that depth is judged with
+  time to train; :func:`depth_given_time_findings` names the epoch count from which a deeper
+  network beats the lesson's depth, or says that it still trails.
 
 :func:`lesson_findings` turns these into rows of the findings table (section ``lesson``), so
 the report states conclusions it does not compute.
@@ -52,18 +56,23 @@ __all__ = [
     "LESSON_TEST_LOGITS",
     "LESSON_TEST_PREDICTIONS",
     "LessonCheckError",
+    "autograd_example",
     "autograd_table",
     "chain_to",
     "code_table",
+    "depth_epochs_experiment",
+    "depth_epochs_table",
+    "depth_given_time_findings",
+    "first_layer_gradients",
     "learned_network",
     "lesson_findings",
     "multiplications_formula",
     "operations_formula",
     "ops_table",
     "parameters_table",
+    "predicted_test_points",
     "require_autograd",
     "slide_loss",
-    "predicted_test_points",
     "training_graph_formula",
 ]
 
