@@ -348,3 +348,21 @@ def test_depth_given_time_passage_reads_the_findings():
     off = LessonPassages(_story(findings.iloc[:0]),
                          {"depth_epochs": contract.empty_frame(contract.LESSON["depth_epochs"])})
     assert off.depth_epochs_answer() == [LessonPassages.DEPTH_EPOCHS_OFF]
+
+
+def test_first_layer_gradient_against_depth_is_judged_from_the_gradnorms(ops):
+    rows = [{"width": 4, "lr": 0.001, "depth": d, "seed": s, "stage": stage, "layer": layer,
+             "grad_norm": (0.4 / 3 ** (d - 1) if layer == 0 else 0.3) * (1 + s / 10)}
+            for d in (1, 2, 4) for s in range(3) for stage in ("init", "final")
+            for layer in range(d + 1)]
+    grads = pd.DataFrame(rows)
+    first = lesson.first_layer_gradients(grads, {"width": 4, "lr": 0.001})
+    assert first.index.tolist() == [1, 2, 4]
+    assert first.loc[1] == pytest.approx(0.4 * 1.1)
+    autograd = lesson.autograd_table()
+    found = lesson.lesson_findings(ops, autograd, first_layer=first).set_index("finding")
+    assert found.loc["first_layer_gradient_depth", "verdict"] == "shrinks"
+    bumpy = first.copy()
+    bumpy.loc[2] = bumpy.loc[1] * 2
+    found = lesson.lesson_findings(ops, autograd, first_layer=bumpy).set_index("finding")
+    assert found.loc["first_layer_gradient_depth", "verdict"] == "smaller"
