@@ -89,6 +89,32 @@ show(S.machine_line())
 show(S.glance())
 
 # %% [markdown]
+# ## Chain rule and autograd
+#
+# Before any code, the lesson asks how the chain rule reaches the first layer: for a network of
+# L hidden layers, how many operations lie between W₀x and the final sum of the loss, and how
+# many multiplications the derivative with respect to W₀ then takes. Then it shows PyTorch's
+# autograd on a small example. Both are answered here by running them.
+#
+# ### Counting the operations in the chain
+
+# %%
+#| echo: false
+from mlpbench.narrative import LessonPassages
+from mlpbench.tables import load_lesson_tables
+
+LESSON_DIR = RESULTS / "lesson"
+L = LessonPassages(S, load_lesson_tables(LESSON_DIR) if LESSON_DIR.exists() else {})
+show(L.ops_intro(), *L.ops_answer(), L.code("ops"))
+
+# %% [markdown]
+# ### Autograd on the slide's example
+
+# %%
+#| echo: false
+show(*L.autograd_answer(), L.code("autograd"))
+
+# %% [markdown]
 # ## Tensors and matrix products: GPU vs CPU
 #
 # The lesson compares one product, a 1 × 6400 row vector times a 6400 × 5000 matrix, in
@@ -99,6 +125,10 @@ show(S.glance())
 #| echo: false
 show(S.lesson_table(), S.lesson_shape_note())
 figure("lesson_comparison")
+
+# %%
+#| echo: false
+show(L.matmul_code())
 
 # %% [markdown]
 # ### Is the GPU faster here, and why or why not?
@@ -140,6 +170,30 @@ show(S.size_answer(), S.copy_table(), S.noisy_table())
 #| echo: false
 show(S.first_network())
 
+# %%
+#| echo: false
+show(L.code("training"))
+
+# %% [markdown]
+# ### Checking parameters
+#
+# After training, the lesson prints the network's weights and biases with
+# `mynet.parameters()`.
+
+# %%
+#| echo: false
+show(*L.parameters_answer(), L.code("parameters"))
+
+# %% [markdown]
+# ### Testing on the three test points
+#
+# The lesson then feeds its three test points to the trained network and prints the logits and
+# the predicted classes.
+
+# %%
+#| echo: false
+show(*L.test_points_answer(), L.code("testing"))
+
 # %% [markdown]
 # ## Homework: more epochs, more units, more layers
 #
@@ -171,6 +225,16 @@ figure("test_accuracy")
 #| echo: false
 figure("grad_norms")
 show(S.grad_answer())
+
+# %% [markdown]
+# ### More layers, given more epochs
+#
+# The homework's depth sweep trains every deeper network for the lesson's epoch count only.
+# Does depth help once the deeper networks are given more epochs to train?
+
+# %%
+#| echo: false
+show(*L.depth_epochs_answer())
 
 # %% [markdown]
 # ## More data sets
@@ -210,6 +274,10 @@ if len(S.times):
          "loop trains one network, so its time per epoch compares with the ensemble's time per "
          "member-epoch.")
 show(S.epoch_time_table())
+
+# %%
+#| echo: false
+show(L.code("epoch_time"))
 
 # %% [markdown]
 # ## Method

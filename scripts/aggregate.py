@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pandas as pd
+
 from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
-from mlpbench.tables import build_tables, write_tables
+from mlpbench.tables import build_tables, load_lesson_tables, write_tables
 
 with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by the script directive)
     for tmp in remove_stale_temps(snakemake.output):  # noqa: F821
@@ -16,5 +18,8 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
         machine_files=[snakemake.input.machine],  # noqa: F821
         train_cfg=snakemake.params.train_cfg,  # noqa: F821
     )
+    # The lesson rule decided its own conclusions; they join the run's findings.
+    lesson = load_lesson_tables(Path(snakemake.input.lesson[0]).parent)  # noqa: F821
+    tables["findings"] = pd.concat([tables["findings"], lesson["findings"]], ignore_index=True)
     for path in write_tables(tables, Path(snakemake.output[0]).parent):  # noqa: F821
         log.info("wrote %s", path)

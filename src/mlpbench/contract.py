@@ -47,6 +47,8 @@ __all__ = [
     "MATMUL",
     "MATMUL_ENVIRONMENT",
     "MATMUL_SAMPLES",
+    "LESSON",
+    "LESSON_TABLES",
     "SUMMARY",
     "SUMMARY_TABLES",
     "TRAIN",
@@ -756,4 +758,101 @@ def describe(table: Table) -> str:
 def all_tables() -> Mapping[str, Table]:
     """Every declared table by its path template."""
     return {t.path: t for t in (MATMUL, MATMUL_ENVIRONMENT, MATMUL_SAMPLES, *TRAIN.values(),
-                                *SUMMARY.values())}
+                                *SUMMARY.values(), *LESSON.values())}
+
+
+# --------------------------------------------------------------------------- lesson tables
+# Written by the `lesson` rule (mlpbench.lesson): the lesson's exercises and worked examples.
+
+_LESSON_DIR = "results/lesson/"
+
+
+def _lesson(name: str, description: str, columns: Sequence[Column],
+            pattern: ColumnPattern | None = None) -> Table:
+    return Table(name, f"{_LESSON_DIR}{name}.parquet", "lesson", description, tuple(columns),
+                 pattern)
+
+
+LESSON: dict[str, Table] = {
+    t.name: t for t in (
+        _lesson("ops", "one row per number of hidden layers: the chain-rule counting exercise, "
+                       "formula against the autograd graph", (
+            _DEPTH, _WIDTH,
+            _c("operations_formula", I64, "operations between W_0 x and the loss of one point "
+                                          "by the formula 2L + 4", "1"),
+            _c("operations_graph", I64, "autograd nodes on the chain from the slide's loss back "
+                                        "to W_0", "1"),
+            _c("multiplications_formula", I64, "multiplications in the chain rule of dL/dW_0 "
+                                               "by the formula 2L + 4", "1"),
+            _c("backward_steps_graph", I64, "nodes of that chain whose backward step ran in "
+                                            "loss.backward() (one multiplication each)", "1"),
+            _c("graph_chain", STR, "the chain's node names, W_0 end first"),
+            _c("training_nodes_formula", I64, "nodes on the chain of the trained "
+                                              "CrossEntropyLoss by the formula 2L + 6", "1"),
+            _c("training_nodes_graph", I64, "nodes on the chain from the trained "
+                                            "CrossEntropyLoss back to W_0 (transposes of the "
+                                            "stored weight left out)", "1"),
+            _c("training_backward_steps_graph", I64, "nodes of that chain whose backward step "
+                                                     "ran", "1"),
+            _c("training_graph_chain", STR, "that chain's node names, W_0 end first"),
+        )),
+        _lesson("autograd", "one row per component of x in the slide's autograd example", (
+            _c("component", I64, "index i of x_i", "1"),
+            _c("x", F64, "x_i"),
+            _c("grad", F64, "x.grad[i] after f = x.pow(2).sum(); f.backward()"),
+            _c("expected_grad", F64, "the slide's value, 2 x_i"),
+            _c("matches", BOOL, "grad equals expected_grad exactly"),
+        )),
+        _lesson("parameters", "one row per entry of each parameter of the lesson's network for "
+                              "its representative seed, in mynet.parameters() order", (
+            _DATASET, _DEVICE, _WIDTH, _DEPTH, _LR, _SEED, _EPOCHS,
+            _c("test_acc", F64, "this seed's test accuracy after `epochs` (training job)", "1"),
+            _c("tensor", STR, "parameter name, e.g. input_to_hidden_layer.weight"),
+            _c("position", I64, "index of the tensor in mynet.parameters()", "1"),
+            _c("kind", STR, "weight or bias"),
+            _c("row", I64, "row of the entry (output unit)", "1"),
+            _c("col", I64, "column of the entry (input unit; 0 for a bias)", "1"),
+            _c("n_rows", I64, "rows of the tensor", "1"),
+            _c("n_cols", I64, "columns of the tensor (0 for a bias, a vector)", "1"),
+            _c("value", F64, "the learned value"),
+        )),
+        _lesson("test_points", "one row per test point: the representative seed's logits and "
+                               "class beside the lesson's printed class", (
+            _DATASET, _DEVICE, _SEED, _EPOCHS,
+            _c("point", I64, "index of the test point", "1"),
+            _c("x0", F64, "first input feature"),
+            _c("x1", F64, "second input feature"),
+            _c("label", I64, "true class", "1"),
+            _c("pred", I64, "predicted class (arg-max of the logits)", "1"),
+            _c("correct", BOOL, "pred equals label"),
+            _c("lesson_pred", I64, "the class the lesson's run printed (null for other data)",
+               "1", True),
+            _c("share_seeds_correct", F64, "share of the baseline's seeds (not diverged) that "
+                                           "classify this point right", "1", True),
+            _c("n_seeds", I64, "seeds in that share", "1"),
+        ), ColumnPattern("logit_", F64, "logit of class <i> at the test point")),
+        _lesson("code", "one row per piece of code shown in the report: the lesson's, and the "
+                        "mlpbench source that ran instead", (
+            _c("section", STR, "report section: matmul, training, ops, autograd, parameters, "
+                               "testing, epoch_time"),
+            _c("side", STR, "lesson (the slides' code) or mlpbench (the source that ran)"),
+            _c("title", STR, "what the code is"),
+            _c("source", STR, "the code"),
+        )),
+        _lesson("depth_epochs", "one row per depth x epoch count of the lesson's network on the "
+                                "toy data, over seeds (empty unless the config's "
+                                "lesson.depth_epochs is on)", (
+            _DEPTH, _WIDTH, _LR, _EPOCHS,
+            _c("n_seeds", I64, "seeds trained", "1"),
+            _c("n_diverged", I64, "seeds whose loss became non-finite", "1"),
+            _c("loss_mean", F64, "mean final training loss over the seeds not diverged", "nat",
+               True),
+            _c("train_acc_mean", F64, "mean training accuracy", "1", True),
+            *(c for c in _stats("test_acc", "test accuracy", "1") if c.name != "test_acc_std"),
+        )),
+        _lesson("findings", "the lesson section's conclusions, one row each (gathered into "
+                            "results/tables/findings by the aggregate rule)",
+                SUMMARY["findings"].columns),
+    )
+}
+LESSON_TABLES: tuple[str, ...] = tuple(LESSON)

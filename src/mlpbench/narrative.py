@@ -920,3 +920,319 @@ class Story:
             out.append(pd.DataFrame(rows, columns=["item", "value"]).astype(str))
         out.append(self.environment_jobs())
         return out
+
+
+# --------------------------------------------------------------------------- the lesson's exercises
+
+
+def _fence(source: str, language: str = "python") -> str:
+    """A fenced code block long enough to hold ``source`` whatever backticks it contains."""
+    import re  # only this helper needs it
+
+    longest = max((len(run) for run in re.findall(r"`+", source)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{language}\n{source.rstrip()}\n{ticks}"
+
+
+def folded(summary: str, parts: list[tuple[str, str]]) -> str:
+    """Markdown for a block folded by default (an HTML ``<details>``, as Quarto's code folding
+    emits): ``summary`` on the fold, then each (heading, Markdown body) inside. Blank lines
+    around the HTML tags keep the inside Markdown for both Pandoc and the notebook renderer."""
+    inner = "\n\n".join(f"**{heading}**\n\n{body}" for heading, body in parts)
+    return f"<details>\n<summary>{summary}</summary>\n\n{inner}\n\n</details>"
+
+
+def torch_print(values: Any, requires_grad: bool = True) -> str:
+    """A parameter as ``print(par)`` shows it: ``Parameter containing:`` and ``tensor([...])``
+    with four decimals (the rounding of the lesson's slide)."""
+    import numpy as np
+
+    body = np.array2string(np.asarray(values, dtype=float), precision=4, floatmode="fixed",
+                           separator=", ", suppress_small=False)
+    body = body.replace("\n", "\n" + " " * len("tensor("))
+    return f"Parameter containing:\ntensor({body}" + (", requires_grad=True)" if requires_grad
+                                                      else ")")
+
+
+def np_list(values: list) -> str:
+    """A list of classes as NumPy prints an array: ``[0 2 2]``."""
+    return "[" + " ".join(str(v) for v in values) + "]"
+
+
+class LessonPassages:
+    """The lesson's exercises and worked examples, told from the ``lesson`` rule's tables
+    (``mlpbench.contract.LESSON``: ``ops``, ``autograd``, ``parameters``, ``test_points``,
+    ``code``) and the findings of section ``lesson`` in ``story``'s findings.
+
+    ``lesson`` may be empty (a results folder without ``lesson/``): every passage then says
+    so instead of showing numbers.
+    """
+
+    PARAMETER_ROLES = ("weights from the input layer to the hidden layer",
+                       "biases of the hidden layer",
+                       "weights from the hidden layer to the output layer",
+                       "biases of the output layer")
+    MISSING = ("This results folder holds no `lesson/` tables (written by the rule `lesson`), "
+               "so this part of the lesson is not answered here.")
+
+    def __init__(self, story: Story, lesson: Mapping[str, pd.DataFrame]):
+        self.s, self.t = story, lesson
+
+    def available(self, *names: str) -> bool:
+        return all(n in self.t for n in names)
+
+    # ------------------------------------------------------------------ chain rule
+
+    def ops_intro(self) -> str:
+        return (
+            "Counting from the inside of the slide's expression: the product W₀x is one "
+            "operation; each of the L hidden layers then adds two, its activation a and the "
+            "product with the next weight matrix; softmax, log and the product with −yᵀ "
+            "close the expression. That is 1 + 2L + 3 = 2L + 4 operations, 6 for the lesson's "
+            "one hidden layer, as the slide counts. The chain rule writes dL/dW₀ as one "
+            "factor per operation plus one for the loss itself as the outermost function, "
+            "2L + 5 factors with 2L + 4 multiplications between them (6 for one hidden "
+            "layer). Backpropagation does the same work from the other end: each operation's "
+            "backward step multiplies the gradient arriving from above by that operation's "
+            "own derivative once.")
+
+    def ops_table(self) -> pd.DataFrame:
+        """Formula against graph per depth, with the first layer's gradient at initialisation."""
+        ops = self.t["ops"]
+        grads = self.s.one("first_layer_gradient_depth")
+        by_depth = (dict(zip(grads["ev"]["depths"], grads["ev"]["grad_norm_mean"]))
+                    if grads else {})
+
+        def pair(formula: str, counted: str) -> list[str]:
+            return [f"{a} / {b}" for a, b in zip(ops[formula], ops[counted])]
+
+        return pd.DataFrame({
+            "hidden layers L": ops["depth"],
+            "operations: 2L + 4 / graph": pair("operations_formula", "operations_graph"),
+            "multiplications: 2L + 4 / backward steps": pair("multiplications_formula",
+                                                             "backward_steps_graph"),
+            "CrossEntropyLoss nodes: 2L + 6 / graph": pair("training_nodes_formula",
+                                                           "training_nodes_graph"),
+            "first-layer gradient norm at init": [
+                num(by_depth[d]) if d in by_depth else "—" for d in ops["depth"].astype(int)],
+        })
+
+    def ops_answer(self) -> list[str | pd.DataFrame]:
+        if not self.available("ops"):
+            return [self.MISSING]
+        ops, f = self.t["ops"], self.s.one("op_count_formula")
+        t = self.s.one("training_graph_formula")
+        depths = f"{int(ops['depth'].min())} to {int(ops['depth'].max())}"
+        one = ops[ops["depth"] == 1]
+        chain = one["graph_chain"].iloc[0] if len(one) else ops["graph_chain"].iloc[0]
+        measured = (
+            f"This run built the slide's loss of one training point (no biases, as the slide "
+            f"writes it) for {depths} hidden layers and walked each autograd graph from the "
+            f"loss back to W₀ (`loss.grad_fn.next_functions`); hooks on the nodes of that "
+            f"chain counted the backward steps that ran in `loss.backward()`. "
+            + ("Graph and formula agree at every depth: "
+               if f["verdict"] == "matches" else
+               f"Graph and formula **disagree** at {int(f['reference_value'] - f['value'])} of "
+               f"{int(f['reference_value'])} depths: ")
+            + f"for one hidden layer the chain is `{chain}` (the slide's u₆ to u₁).")
+        trained = (
+            "The networks themselves train on PyTorch's `nn.CrossEntropyLoss` over the whole "
+            "training set, with biases. Its graph has other nodes on the same chain: `addmm` "
+            "computes Wx + b as one node, `log_softmax` does softmax and log in one, and "
+            "with one-hot targets the loss is a product with y, one sum over classes and "
+            "points, a negation and a division by the number of points — the last two "
+            "belong to the final mean the exercise leaves out. That makes 2L + 6 nodes "
+            "(the transposes of the stored weights left out), "
+            + ("as counted at every depth." if t and t["verdict"] == "matches" else
+               "which the count does **not** confirm at every depth."))
+        return [measured, self.ops_table(), trained, self.depth_tie()]
+
+    def depth_tie(self) -> str:
+        g = self.s.one("first_layer_gradient_depth")
+        text = ("Every added hidden layer puts two more factors into the chain for dL/dW₀: "
+                "the ReLU's derivative (1 where a unit is active, 0 where it is not) and a "
+                "weight matrix, whose entries `nn.Linear` draws between ±1/√(inputs of the "
+                "layer), below one in size. ")
+        if g is None:
+            return text + ("This run trained no two depths of the lesson's network to compare "
+                           "(the last column shows — where a depth was not trained).")
+        d = g["ev"]["depths"]
+        words = {"shrinks": "falls with every added layer",
+                 "smaller": "is smaller with the deepest network than with the shallowest, "
+                            "though not at every step",
+                 "not_smaller": "is not smaller with more layers here"}[g["verdict"]]
+        return text + (
+            f"Measured on the toy data at initialisation (mean over seeds), the first layer's "
+            f"gradient norm {words}: {num(g['reference_value'])} with "
+            f"{plural(d[0], 'hidden layer')}, {num(g['value'])} with "
+            f"{plural(d[-1], 'hidden layer')} (last column; — where a depth was not trained). "
+            f"The figure under *Gradients through depth* below shows every layer.")
+
+    # ------------------------------------------------------------------ autograd
+
+    def autograd_answer(self) -> list[str | pd.DataFrame]:
+        if not self.available("autograd"):
+            return [self.MISSING]
+        a, f = self.t["autograd"], self.s.one("autograd_example")
+        grad = ", ".join(f"{g:g}" for g in a["grad"])
+        expected = ", ".join(f"{g:g}" for g in a["expected_grad"])
+        verdict = ("matches the slide" if f and f["verdict"] == "matches"
+                   else "does **not** match the slide")
+        return [
+            f"For f(x) = x₁² + x₂² the gradient is [2x₁, 2x₂], so at x = [2, −1] "
+            f"it is [{expected}]. Run in this pipeline, `x.grad` after `f.backward()` is "
+            f"[{grad}]: it {verdict} (the run stops with an error when it does not).",
+            pd.DataFrame({"i": a["component"], "xᵢ": a["x"].map("{:g}".format),
+                          "x.grad[i], this run": a["grad"].map("{:g}".format),
+                          "slide": a["expected_grad"].map("{:g}".format)}),
+        ]
+
+    # ------------------------------------------------------------------ the learned network
+
+    def network_line(self) -> str:
+        p = self.t["parameters"].iloc[0]
+        pts = self.s.one("test_points")
+        n = pts["ev"]["n_seeds"] if pts else "all"
+        return (f"The lesson's network on its toy data ({plural(p['width'], 'unit')}, "
+                f"{plural(p['depth'], 'hidden layer')}, learning rate {p['lr']:g}, "
+                f"{plural(p['epochs'], 'epoch')}) for seed {int(p['seed'])}, the representative "
+                f"seed: its test accuracy, {pct(p['test_acc'], 0)}, is the closest to the median "
+                f"over {n} seeds (the rule of the decision-region figure). It was trained again "
+                f"on the CPU with the lesson's loop; its predictions equal those the training "
+                f"job recorded for that seed (the run stops if they do not).")
+
+    def parameters_answer(self) -> list[str]:
+        if not self.available("parameters") or self.t["parameters"].empty:
+            return [self.MISSING if not self.available("parameters") else
+                    "The lesson's data was not trained on the CPU in this run, so there is no "
+                    "network to print."]
+        par = self.t["parameters"]
+        blocks = []
+        for i, (name, rows) in enumerate(par.groupby("position", sort=True)):
+            rows = rows.sort_values(["row", "col"])
+            n_rows, n_cols = int(rows["n_rows"].iloc[0]), int(rows["n_cols"].iloc[0])
+            values = rows["value"].to_numpy().reshape(n_rows, n_cols or 1)
+            values = values if n_cols else values[:, 0]
+            role = self.PARAMETER_ROLES[i] if len(self.PARAMETER_ROLES) == par["position"].nunique() \
+                else rows["tensor"].iloc[0]
+            blocks.append(f"# {rows['tensor'].iloc[0]}: {role}\n{torch_print(values)}")
+        return [
+            self.network_line() + " `for par in mynet.parameters(): print(par)` prints, "
+            "rounded to four decimals as on the slide:",
+            _fence("\n".join(blocks), "text"),
+            "The slide's printed values come from the lesson's own single run, on CUDA and "
+            "without a fixed seed, so no seed reproduces them; the shapes and their order "
+            "(weights, then biases, layer by layer) are the same.",
+        ]
+
+    def test_points_answer(self) -> list[str | pd.DataFrame]:
+        if not self.available("test_points") or self.t["test_points"].empty:
+            return [self.MISSING if not self.available("test_points") else
+                    "The lesson's data was not trained on the CPU in this run, so there is no "
+                    "network to test."]
+        tp, f = self.t["test_points"], self.s.one("test_points")
+        logits = sorted((c for c in tp.columns if c.startswith("logit_")),
+                        key=lambda c: int(c.split("_")[1]))
+        seed = int(tp["seed"].iloc[0])
+        table = pd.DataFrame({
+            "test point": [f"({x0:g}, {x1:g})" for x0, x1 in zip(tp["x0"], tp["x1"])],
+            "label": tp["label"],
+            "lesson's printed class": tp["lesson_pred"].map(
+                lambda v: "—" if pd.isna(v) else str(int(v))),
+            f"seed {seed}: logits": [", ".join(f"{v:.4f}" for v in r)
+                                     for r in tp[logits].to_numpy()],
+            f"seed {seed}: class": tp["pred"],
+            "seeds right": [f"{pct(s, 0)} of {n}" for s, n in
+                            zip(tp["share_seeds_correct"], tp["n_seeds"])],
+        })
+        ev = f["ev"]
+        lesson = ""
+        if ev.get("lesson_pred") is not None:
+            lesson = (f"The lesson's run printed `{np_list(ev['lesson_pred'])}` for the labels "
+                      f"`{np_list(ev['label'])}`: {ev['lesson_correct']} of {len(ev['label'])} right, "
+                      + ("all points correctly classified. " if ev["lesson_verdict"] ==
+                         "all_correct" else "not all points correctly classified. "))
+        mine = (f"Seed {seed} predicts `{np_list(ev['pred'])}`: {int(f['value'])} of "
+                f"{int(f['reference_value'])} right — "
+                + ("all points correctly classified." if f["verdict"] == "all_correct" else
+                   "not all points correctly classified either." if lesson
+                   and ev["lesson_verdict"] != "all_correct" else
+                   "not all points correctly classified."))
+        return [
+            lesson + mine + " The last column says how often each point is classified right "
+            "across the seeds of the same network: which point a single run gets wrong "
+            "depends on its seed.",
+            table,
+        ]
+
+    # ------------------------------------------------------------------ code for a class
+
+    def code(self, section: str, extra: list[tuple[str, str]] | None = None) -> str:
+        """The lesson's code and the source mlpbench ran for ``section``, folded."""
+        if not self.available("code"):
+            return ""
+        rows = self.t["code"][self.t["code"]["section"] == section]
+        lesson = [("The lesson's code", _fence(r["source"])) for _, r in rows.iterrows()
+                  if r["side"] == "lesson"]
+        mine = [(f"What mlpbench ran: `{r['title']}`", _fence(r["source"]))
+                for _, r in rows.iterrows() if r["side"] == "mlpbench"]
+        parts = [*lesson, *(extra or []), *mine]
+        return folded("Code: the lesson's, and what mlpbench ran", parts) if parts else ""
+
+    def matmul_code(self) -> str:
+        """The matmul section's fold: the statements this run timed, from its own records."""
+        mm = self.s.mm
+        rows = mm[(mm["case"] == "lesson") & (mm["kind"] == "matmul")]
+        items = [f"- {r['backend']} on {device_name(r['device'])}, {r['dtype']}: {r['method']}"
+                 if r["status"] == "ok" else
+                 f"- {r['backend']} on {device_name(r['device'])}, {r['dtype']}: not timed "
+                 f"({why(r['reason'])})" for _, r in rows.iterrows()]
+        timed = [("How this run timed the lesson's product (recorded with each timing)",
+                  "\n".join(items) or "No lesson-case timing in this run.")]
+        return self.code("matmul", timed)
+
+    # ------------------------------------------------------------------ depth given time
+
+    DEPTH_EPOCHS_OFF = (
+        "Not run in this run. In the homework's sweep the deeper networks get the lesson's "
+        "epoch count only, so the sweep cannot say whether depth helps once it has time to "
+        "train. `snakemake --cores 4 --config 'lesson={depth_epochs: true}'` trains every "
+        "depth of the toy data's depth axis at every epoch count of its epochs axis "
+        "(checkpoints of one run per depth); with the default grids it adds about 20 s of "
+        "training on one CPU core, which is why it is off by default.")
+    DEPTH_WORDS = {"helps": "beats", "hurts": "still trails",
+                   "within_seed_noise": "is within seed luck of",
+                   "too_few_seeds": "cannot be told apart (too few seeds) from"}
+
+    def depth_epochs_answer(self) -> list[str | pd.DataFrame]:
+        if not self.available("depth_epochs"):
+            return [self.MISSING]
+        de = self.t["depth_epochs"]
+        if de.empty:
+            return [self.DEPTH_EPOCHS_OFF]
+        table = de.pivot(index="depth", columns="epochs", values="test_acc_mean")
+        spread = {(r["depth"], r["epochs"]): f" ({pct(r['test_acc_min'], 0)}–"
+                  f"{pct(r['test_acc_max'], 0)})" for _, r in de.iterrows()}
+        shown = pd.DataFrame({"hidden layers": table.index.astype(int)})
+        for epochs in table.columns:
+            shown[f"{int(epochs)} epochs"] = [
+                pct(table.loc[d, epochs], 0) + spread[(d, epochs)] for d in table.index]
+        first = de.iloc[0]
+        sentences = []
+        for f in self.s.find("depth_given_time"):
+            ev = f["ev"]
+            word = self.DEPTH_WORDS.get(f["verdict"], f["verdict"])
+            when = (f"from {plural(f['value'], 'epoch')} on" if f["verdict"] == "helps" else
+                    f"at {plural(f['reference_value'], 'epoch')}")
+            sentences.append(f"With {plural(ev['depth'], 'hidden layer')} the network {word} "
+                             f"the one with {plural(ev['base_depth'], 'hidden layer')} {when}.")
+        return [
+            f"Mean test accuracy over {plural(int(first['n_seeds']), 'seed')} (worst–best seed) "
+            f"of the lesson's network with more hidden layers ({plural(first['width'], 'unit')} "
+            f"each, learning rate {first['lr']:g}) at each epoch count, each depth trained once "
+            f"to the longest count:",
+            shown,
+            "Each deeper network is set against the lesson's depth at the same epoch count; a "
+            "difference counts when the 95% intervals of the two means do not overlap. "
+            + " ".join(sentences),
+        ]

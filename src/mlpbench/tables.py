@@ -662,3 +662,13 @@ def load_tables(tables_dir: PathLike) -> dict[str, pd.DataFrame]:
     d = Path(tables_dir)
     return {name: contract.read(d / f"{name}.parquet", SUMMARY[name]).to_pandas()
             for name in TABLE_NAMES if (d / f"{name}.parquet").exists()}
+
+
+def load_lesson_tables(lesson_dir: PathLike) -> dict[str, pd.DataFrame]:
+    """Read the lesson rule's tables (``results/lesson/<name>.parquet``, declared in
+    ``mlpbench.contract.LESSON``), each checked against its contract. Every declared table
+    must be there: a missing or damaged file raises ``mlpbench.contract.ContractError`` naming
+    it and the rule that writes it."""
+    d = Path(lesson_dir)
+    return {name: contract.read(d / f"{name}.parquet", table).to_pandas()
+            for name, table in contract.LESSON.items()}

@@ -8,6 +8,7 @@ rule aggregate:
         matmul=matmul_files(),
         train=train_files(),
         machine=machine_file(),
+        lesson=LESSON_FILES,
     output:
         summary_tables(),
     log:
