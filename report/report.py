@@ -161,14 +161,12 @@ show(S.size_answer(), S.copy_table(), S.noisy_table())
 # %% [markdown]
 # ## The first network
 #
-# The lesson trains one hidden layer of four ReLU units on its nine labelled points with
-# full-batch SGD and cross-entropy, then tests on three more points. Here every
-# configuration is trained from many seeds at once, so each figure shows a distribution,
-# not one lucky or unlucky run.
+# Every configuration is trained from many seeds at once, so each figure shows a
+# distribution, not one lucky or unlucky run.
 
 # %%
 #| echo: false
-show(S.first_network())
+show(S.dataset_heading(S.first), S.first_network())
 
 # %%
 #| echo: false

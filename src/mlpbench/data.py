@@ -274,6 +274,9 @@ register(DatasetEntry(
     split_sizes=lambda params: (len(TOY_Y_TRAIN), len(TOY_Y_TEST)),
     split="fixed: the lesson's 9 training and 3 test points",
     title="Toy data",
+    description="The lesson's own data: nine labelled points in three classes. The lesson "
+                "trains one hidden layer of four ReLU units on them with full-batch SGD and "
+                "cross-entropy, then tests on three more points.",
 ))
 
 

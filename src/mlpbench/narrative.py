@@ -491,6 +491,11 @@ class Story:
                              "dtype": c["dtype"], "copy bandwidth (GB/s)": c["gb_s"].map(num),
                              "status": c["status"].where(~noisy, "ok, noisy: not used")})
 
+    def dataset_heading(self, name: str) -> str:
+        """The data set's title and description, from its registry entry (mlpbench.data)."""
+        intro = dataset_intro(name)
+        return f"**{dataset_title(name)}.**" + (f" {intro}" if intro else "")
+
     def first_network(self) -> str:
         name = self.first
         if not self.trained(name):
@@ -539,9 +544,15 @@ class Story:
                     f"compare them. {lost_text}").strip()
         loss, acc = effects["loss"], effects["test_acc"]
         b, top = loss["ev"]["baseline"][axis], loss["ev"]["row"][axis]
+        # A loss that ended above where it started is said so below; an overlap of intervals
+        # as wide as an exploding loss's is no statement about seed luck worth making.
+        rose = any(f["verdict"] == "rose" and f["ev"]["row"][axis] == top
+                   for f in of_axis("stalled"))
+        loss_words = ("it ended above its value before the first step, see below" if rose
+                      else VERDICT_WORDS[loss["verdict"]])
         words = [f"From {axis_span(axis, b, top)}, the final training loss went from "
                  f"{num(loss['reference_value'])} to {num(loss['value'])} "
-                 f"({VERDICT_WORDS[loss['verdict']]}), and the test accuracy from "
+                 f"({loss_words}), and the test accuracy from "
                  f"{pct(acc['reference_value'])} to {pct(acc['value'])} "
                  f"({VERDICT_WORDS[acc['verdict']]})."]
         for f in of_axis("at_chance"):
