@@ -6,6 +6,11 @@ from mlpbench.codeversion import code_version
 rule aggregate:
     input:
         matmul=matmul_files(),
+        # written by the same matmul jobs; listed so the rule names every file it reads
+        matmul_environment=expand(
+            "results/matmul/{device}.environment.parquet",
+            device=config["matmul"]["devices"],
+        ),
         train=train_files(),
         machine=machine_file(),
         lesson=LESSON_FILES,

@@ -6,6 +6,7 @@ rule report:
         source="report/report.py",
         tables=summary_tables(),
         figures=figure_files(),
+        lesson=LESSON_FILES,
     output:
         "results/report/report.html",
     log:
