@@ -132,3 +132,27 @@ def test_importing_the_registry_imports_neither_torch_nor_sklearn():
             "print(sorted(m for m in ('torch', 'sklearn', 'numpy', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", data.names())
+def test_points_without_torch_are_the_points_the_network_sees(name):
+    """``data.points`` (the aggregation's torch-free reader) gives exactly ``data.load``'s
+    points, with the dtypes the network trains on, for every registered data set."""
+    import numpy as np
+
+    got, ds = data.points(name), data.load(name)
+    for key in ("x_train", "x_test", "y_train", "y_test"):
+        want = getattr(ds, key).numpy()
+        assert got[key].dtype == want.dtype and np.array_equal(got[key], want), key
+
+
+def test_points_of_an_entry_without_arrays_come_from_its_generator(monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    entry = dataclasses.replace(data.get("blobs"), name="blobs_copy", arrays=None)
+    monkeypatch.setitem(data._REGISTRY, "blobs_copy", entry)
+    got, want = data.points("blobs_copy", {"data": {"n_samples": 40}}), data.points(
+        "blobs", {"data": {"n_samples": 40}})
+    assert all(np.array_equal(got[k], want[k]) for k in want)

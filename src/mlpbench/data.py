@@ -133,7 +133,9 @@ class DatasetEntry:
     an entry without parameters takes no ``data:`` key. ``n_classes(params)`` and
     ``split_sizes(params)`` (training points, test points) give its size without building it.
     ``split`` says in words how the test set is drawn; ``title`` and ``description`` are how
-    the report presents it.
+    the report presents it. ``arrays(**params)`` (optional) returns the same points as NumPy
+    arrays ``(x_train, x_test, y_train, y_test)`` without importing torch, for readers that
+    only show them (the aggregation); without it, :func:`points` builds the data set.
     """
 
     name: str
@@ -145,6 +147,7 @@ class DatasetEntry:
     description: str = ""
     parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     n_features: int = 2
+    arrays: Callable[..., tuple[Any, Any, Any, Any]] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -274,6 +277,7 @@ register(DatasetEntry(
     split_sizes=lambda params: (len(TOY_Y_TRAIN), len(TOY_Y_TEST)),
     split="fixed: the lesson's 9 training and 3 test points",
     title="Toy data",
+    arrays=lambda: (TOY_X_TRAIN, TOY_X_TEST, TOY_Y_TRAIN, TOY_Y_TEST),
     description="The lesson's own data: nine labelled points in three classes. The lesson "
                 "trains one hidden layer of four ReLU units on them with full-batch SGD and "
                 "cross-entropy, then tests on three more points.",
@@ -328,10 +332,13 @@ def points(name: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """
     import numpy as np
 
-    if name == "toy":
-        x_train, x_test, y_train, y_test = TOY_X_TRAIN, TOY_X_TEST, TOY_Y_TRAIN, TOY_Y_TEST
+    entry = get(name)
+    if entry.arrays is not None:
+        x_train, x_test, y_train, y_test = entry.arrays(**entry.params(cfg))
     else:
-        x_train, x_test, y_train, y_test = _blobs_split(**blobs_data(cfg))
+        ds = load(name, cfg)
+        x_train, x_test, y_train, y_test = (t.cpu().numpy() for t in
+                                            (ds.x_train, ds.x_test, ds.y_train, ds.y_test))
     return {"x_train": np.asarray(x_train, dtype=np.float32),
             "y_train": np.asarray(y_train, dtype=np.int64),
             "x_test": np.asarray(x_test, dtype=np.float32),
@@ -342,6 +349,7 @@ _SEED = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}  # NumPy's Rando
 register(DatasetEntry(
     name="blobs",
     generator=blobs,
+    arrays=_blobs_split,
     n_classes=lambda params: int(params["centers"]),
     split_sizes=fraction_split,
     split=SPLIT_WORDS,
