@@ -642,7 +642,8 @@ def fig_grad_norms(tables: Tables) -> Figure:
 
 
 def fig_epoch_time(tables: Tables) -> Figure:
-    """Time per training epoch of one ensemble, CPU vs CUDA, per shape and dataset."""
+    """Time per training epoch of one ensemble, CPU vs CUDA, per shape and dataset: the median
+    over timed windows, with the windows' min-max range as error bars."""
     et = _table(tables, "epoch_time")
     datasets = dataset_order(et["dataset"]) if len(et) else []
     fig, axes = _figure(1, max(len(datasets), 1), 5.4 * max(len(datasets), 1), 4.2)
@@ -658,18 +659,23 @@ def fig_epoch_time(tables: Tables) -> Figure:
         d = et[et["dataset"] == dataset]
         shapes = d[["width", "depth"]].drop_duplicates().sort_values(["depth", "width"])
         x = np.arange(len(shapes))
-        series = {}
+        series, ranges = {}, {}
         for device in devices:
             dd = d[(d["device"] == device) & (d["status"] == "ok")]
-            t = [dd[(dd["width"] == w) & (dd["depth"] == dp)]["time_per_epoch_s"].median()
-                 for w, dp in shapes.itertuples(index=False)]
-            t = np.array(t, dtype=float) * 1e3
+            cells = [dd[(dd["width"] == w) & (dd["depth"] == dp)]
+                     for w, dp in shapes.itertuples(index=False)]
+            t = np.array([c["time_per_epoch_s"].median() for c in cells], dtype=float) * 1e3
             if np.isfinite(t).any():
                 series[device] = t
+                # the windows' min-max range (NaN from a single window: no bar drawn)
+                lo = np.array([c["time_per_epoch_s_min"].min() for c in cells], dtype=float) * 1e3
+                hi = np.array([c["time_per_epoch_s_max"].max() for c in cells], dtype=float) * 1e3
+                ranges[device] = np.nan_to_num(np.vstack([t - lo, hi - t]), nan=0.0)
         step = 0.8 / max(len(series), 1)
         for i, (device, t) in enumerate(series.items()):
             ax.bar(x + (i - (len(series) - 1) / 2) * step, t, width=step,
-                   color=colours.get(device, PALETTE[5]),
+                   color=colours.get(device, PALETTE[5]), yerr=ranges[device],
+                   error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333333"},
                    label=device_name(device))
         ax.set_xticks(x, [f"w{int(w)}\nd{int(dp)}" for w, dp in shapes.itertuples(index=False)],
                       fontsize=8.5)
@@ -686,7 +692,7 @@ def fig_epoch_time(tables: Tables) -> Figure:
             values = values[np.isfinite(values)]
             if values.max() / values.min() > 30:  # wide range: log, else bars from zero
                 _log(ax, "y")
-            ax.legend(fontsize=8.5, loc="lower right", framealpha=0.9)
+            ax.legend(fontsize=8.5, loc="upper left", framealpha=0.9)
         elif note:
             _empty(ax, note + ".")
     fig.suptitle("Training time per epoch: CPU vs CUDA" + _subtitle(reasons))
