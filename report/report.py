@@ -156,7 +156,7 @@ show(S.numpy_answer())
 #| echo: false
 figure("matmul_time")
 figure("matmul_roofline")
-show(S.size_answer(), S.copy_table(), S.noisy_table())
+show(S.size_answer(), S.copy_table(), *S.noisy_part())
 
 # %% [markdown]
 # ## The first network

@@ -32,6 +32,7 @@ def test_a_quiet_run_mentions_no_flag(tmp_path):
     assert "noisy" not in story.glance()
     assert "This run flagged none." in story.method_items()
     assert story.noisy_table().empty
+    assert story.noisy_part() == ["No timing of this run was flagged as disturbed."]
 
 
 def test_flagged_rows_are_named_shown_flagged_and_kept_out_of_the_headline(tmp_path):

@@ -216,6 +216,14 @@ class Story:
         return "; ".join(items) + (f"; and {more} more (`tables/matmul.csv`, column `noisy`)"
                                    if more > 0 else "")
 
+    def noisy_part(self) -> list[str | pd.DataFrame]:
+        """A sentence when no timing was flagged noisy; else a heading and the flagged rows."""
+        table = self.noisy_table()
+        if table.empty:
+            return ["No timing of this run was flagged as disturbed."]
+        return ["**Timings flagged as disturbed** (kept in the tables, used for no conclusion):",
+                table]
+
     def noisy_table(self) -> pd.DataFrame:
         """The rows flagged noisy, with the reason (an empty table when none were)."""
         mm = self.mm
@@ -609,8 +617,9 @@ class Story:
                     f"{plural(b['ev']['depth'], 'hidden layer')}.")
         if text:
             text.append("Each extra layer multiplies another factor into the first layer's "
-                        "gradient; where those factors are below one the early layers learn "
-                        "more slowly, one reason why adding layers does not simply help.")
+                        "gradient: factors below one shrink it, so the early layers learn more "
+                        "slowly (one reason why adding layers does not simply help), and factors "
+                        "above one grow it; the ratios above show which this run saw.")
         return " ".join(text) or "This run did not vary depth, so there is nothing to compare."
 
     def dataset_passages(self, name: str) -> list[str | pd.DataFrame]:
@@ -992,6 +1001,14 @@ class LessonPassages:
     def available(self, *names: str) -> bool:
         return all(n in self.t for n in names)
 
+    def no_lesson_network(self, verb: str) -> str:
+        """Why there is no lesson network to show: its data, or the CPU, was not in the run."""
+        if "toy" not in self.s.datasets:
+            why = "The lesson's toy data was not among this run's data sets (`train.datasets`)"
+        else:
+            why = "The lesson's toy data was not trained on the CPU in this run"
+        return f"{why}, so there is no network to {verb}."
+
     # ------------------------------------------------------------------ chain rule
 
     def ops_intro(self) -> str:
@@ -1115,8 +1132,7 @@ class LessonPassages:
     def parameters_answer(self) -> list[str]:
         if not self.available("parameters") or self.t["parameters"].empty:
             return [self.MISSING if not self.available("parameters") else
-                    "The lesson's data was not trained on the CPU in this run, so there is no "
-                    "network to print."]
+                    self.no_lesson_network("print")]
         par = self.t["parameters"]
         blocks = []
         for i, (name, rows) in enumerate(par.groupby("position", sort=True)):
@@ -1139,8 +1155,7 @@ class LessonPassages:
     def test_points_answer(self) -> list[str | pd.DataFrame]:
         if not self.available("test_points") or self.t["test_points"].empty:
             return [self.MISSING if not self.available("test_points") else
-                    "The lesson's data was not trained on the CPU in this run, so there is no "
-                    "network to test."]
+                    self.no_lesson_network("test")]
         tp, f = self.t["test_points"], self.s.one("test_points")
         logits = sorted((c for c in tp.columns if c.startswith("logit_")),
                         key=lambda c: int(c.split("_")[1]))

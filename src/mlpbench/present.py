@@ -45,10 +45,10 @@ def fmt_time(seconds: float) -> str:
     """'512 µs', '9.04 ms', '1.2 s'; 'n/a' for a missing or non-finite time."""
     if not finite(seconds):
         return "n/a"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.3g} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
+    # Three significant digits; a value that rounds up to 1000 of a unit moves to the next one.
+    for scale, unit in ((1e6, "µs"), (1e3, "ms")):
+        if float(f"{seconds * scale:.3g}") < 1000:
+            return f"{seconds * scale:.3g} {unit}"
     return f"{seconds:.3g} s"
 
 
@@ -87,7 +87,7 @@ def times(x: float) -> str:
     """A ratio as 'N×'."""
     if not finite(x):
         return "n/a"
-    return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+    return f"{x:.2f}×" if round(x, 2) < 10 else f"{x:.0f}×"
 
 
 def plural(n: float, word: str, words: str | None = None) -> str:
@@ -154,12 +154,14 @@ def why(reason: str) -> str:
 
 
 def ci_text(mean: float, low: float, high: float, as_pct: bool) -> str:
-    """'45.7% (95% CI 30.1% to 61.2%)'; accuracy intervals are shown clipped to 0-100%."""
+    """'45.7% (95% CI 30.1% to 61.2%)'; intervals are shown clipped to what the quantity can
+    be: accuracies to 0-100%, losses (cross-entropy) to at least 0."""
     f = pct if as_pct else num
     if not (finite(low) and finite(high)):
         return f(mean)
+    low = max(low, 0.0)
     if as_pct:
-        low, high = max(low, 0.0), min(high, 1.0)
+        high = min(high, 1.0)
     return f"{f(mean)} (95% CI {f(low)} to {f(high)})"
 
 
