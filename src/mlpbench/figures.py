@@ -41,7 +41,7 @@ from mlpbench.io import write_bytes_atomic  # noqa: E402
 from mlpbench.present import (DEVICE_COLOURS, DIVERGED_COLOUR, DTYPE_STYLE,  # noqa: E402
                               PALETTE, SERIES_COLOURS, dataset_order, device_name, fmt_time,
                               num, series_label)
-from mlpbench.tables import load_tables  # noqa: E402
+from mlpbench.tables import load_tables, pick_device  # noqa: E402
 
 Tables = Mapping[str, pd.DataFrame]
 
@@ -131,15 +131,6 @@ def _style(backend: str, device: str, dtype: str) -> dict:
     line, marker = DTYPE_STYLE.get(dtype, ("-", "o"))
     return {"color": SERIES_COLOURS.get((backend, device), PALETTE[5]), "linestyle": line,
             "marker": marker, "markersize": 5}
-
-
-def _pick_device(df: pd.DataFrame) -> str | None:
-    """CPU if it has ok rows, else any device that has; None if none has."""
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    devices = set(ok["device"]) if len(ok) else set()
-    if not devices:
-        return None
-    return "cpu" if "cpu" in devices else sorted(devices)[0]
 
 
 def _baselines(summary: pd.DataFrame) -> dict[str, pd.Series]:
@@ -608,7 +599,7 @@ def fig_grad_norms(tables: Tables) -> Figure:
     handles: dict[str, object] = {}
     for col, dataset in enumerate(datasets):
         g = gn[gn["dataset"] == dataset]
-        device, base = (_pick_device(g.assign(status="ok")) if len(g) else None), bases.get(dataset)
+        device, base = (pick_device(g) if len(g) else None), bases.get(dataset)
         for row, stage in enumerate(("init", "final")):
             ax = axes[row, col]
             epochs = sorted(g.loc[g["stage"] == stage, "epochs"].unique())

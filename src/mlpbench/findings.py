@@ -129,12 +129,12 @@ RULES = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-safe: numpy scalars to Python, NaN/inf to None."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -148,7 +148,7 @@ def _row(finding: str, section: str, subject: str, verdict: str, evidence: Mappi
     return {"finding": finding, "section": section, "dataset": dataset, "device": device,
             "subject": subject, "verdict": verdict, "value": _float(value),
             "reference_value": _float(reference_value), "unit": unit, "rule": RULES[finding],
-            "evidence": json.dumps(_plain(evidence), sort_keys=True, allow_nan=False)}
+            "evidence": json.dumps(plain(evidence), sort_keys=True, allow_nan=False)}
 
 
 def _float(x: Any) -> float:
@@ -519,7 +519,10 @@ def train_device(summary: pd.DataFrame, dataset: str) -> str | None:
     return None
 
 
-def _ci_verdict(base: pd.Series, row: pd.Series, metric: str, higher_is_better: bool) -> str:
+def ci_verdict(base: pd.Series, row: pd.Series, metric: str, higher_is_better: bool) -> str:
+    """``row`` against ``base`` on ``metric`` by their 95% intervals over seeds (the
+    ``<metric>_ci95_low``/``_high`` columns of ``train_summary``): better or worse only when the
+    intervals do not overlap, else within seed noise; too few seeds without intervals."""
     b = base[f"{metric}_ci95_low"], base[f"{metric}_ci95_high"]
     r = row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"]
     if not _finite(*b, *r):
@@ -542,7 +545,7 @@ def _compare(finding: str, dataset: str, device: str, base: pd.Series, row: pd.S
              subject: str, metric: str, extra: Mapping[str, Any]) -> dict:
     higher = metric != "loss"
     return _row(finding, "training", f"{subject} ({metric})",
-                _ci_verdict(base, row, metric, higher),
+                ci_verdict(base, row, metric, higher),
                 {**extra, "metric": metric, "row": _key(row, TRAIN_KEY),
                  "baseline": _key(base, TRAIN_KEY), "row_ci95": _ci(row, metric),
                  "baseline_ci95": _ci(base, metric)},

@@ -313,9 +313,9 @@ def require_autograd(table: pd.DataFrame) -> None:
 
 
 def _representative(metrics: pd.DataFrame) -> pd.Series:
-    from mlpbench.tables import _representative_seed  # one rule, shared with decision_regions
+    from mlpbench.tables import representative_seed  # one rule, shared with decision_regions
 
-    return _representative_seed(metrics)
+    return representative_seed(metrics)
 
 
 def _baseline_rows(frame: pd.DataFrame, dataset: str, device: str,
@@ -455,7 +455,7 @@ def depth_epochs_table(metrics: pd.DataFrame, baseline: Mapping[str, Any]) -> pd
 
 def _depth_verdicts(table: pd.DataFrame, base_depth: int) -> list[dict[str, Any]]:
     """Per deeper network, its verdict against the baseline depth at each epoch count."""
-    from mlpbench.findings import _ci_verdict  # the report's one rule for "better than"
+    from mlpbench.findings import ci_verdict  # the report's one rule for "better than"
 
     base = table[table["depth"] == base_depth].set_index("epochs")
     out = []
@@ -466,7 +466,7 @@ def _depth_verdicts(table: pd.DataFrame, base_depth: int) -> list[dict[str, Any]
                 continue
             ref = base.loc[row["epochs"]]
             steps.append({"epochs": int(row["epochs"]),
-                          "verdict": _ci_verdict(ref, row, "test_acc", True),
+                          "verdict": ci_verdict(ref, row, "test_acc", True),
                           "test_acc_mean": row["test_acc_mean"], "test_acc_min": row["test_acc_min"],
                           "test_acc_max": row["test_acc_max"],
                           "baseline_depth_test_acc_mean": ref["test_acc_mean"]})
@@ -550,12 +550,12 @@ RULES = {
 def _finding(finding: str, subject: str, verdict: str, evidence: Mapping[str, Any], *,
              dataset: str | None = None, device: str | None = None, value: float = math.nan,
              reference_value: float = math.nan, unit: str | None = None) -> dict[str, Any]:
-    from mlpbench.findings import _plain  # JSON-safe values, as every other finding
+    from mlpbench.findings import plain  # JSON-safe values, as every other finding
 
     return {"finding": finding, "section": "lesson", "dataset": dataset, "device": device,
             "subject": subject, "verdict": verdict, "value": float(value),
             "reference_value": float(reference_value), "unit": unit, "rule": RULES[finding],
-            "evidence": json.dumps(_plain(dict(evidence)), sort_keys=True, allow_nan=False)}
+            "evidence": json.dumps(plain(dict(evidence)), sort_keys=True, allow_nan=False)}
 
 
 def first_layer_gradients(gradnorms: pd.DataFrame, baseline: Mapping[str, Any]) -> pd.Series:

@@ -31,7 +31,6 @@ AXIS_ORDER = ("epochs", "width", "depth", "lr")
 AXIS_NAMES = {"lr": "learning rate"}  # an axis's name in a sentence, where not its key
 
 # The lesson's data sets by their config name; any other is shown under its own name.
-FIRST_DATASET = "toy"  # the lesson's own nine points come first
 
 
 def finite(x: Any) -> bool:
@@ -112,8 +111,10 @@ def series_label(backend: str, device: str, dtype: str) -> str:
 
 
 def dataset_order(names: Iterable[str]) -> list[str]:
-    """The lesson's order: its toy data first, then the homework's datasets by name."""
-    return sorted({str(n) for n in names}, key=lambda n: (n != FIRST_DATASET, n))
+    """The registry's order (mlpbench.data: the lesson's toy data first, then the homework's),
+    then unregistered names alphabetically."""
+    registered = {name: i for i, name in enumerate(data.names())}
+    return sorted({str(n) for n in names}, key=lambda n: (registered.get(n, len(registered)), n))
 
 
 def dataset_title(name: str) -> str:

@@ -122,6 +122,7 @@ from mlpbench.contract import (
     matmul_flop,
 )
 from mlpbench.io import write_csv_atomic
+from mlpbench.present import dataset_order
 
 PathLike = str | os.PathLike
 
@@ -453,17 +454,21 @@ def epoch_time_by_shape(epoch_time: pd.DataFrame) -> pd.DataFrame:
         state["reason"] = state["reason"].where(state["status"] != "ok", "")
         state = state.add_prefix(f"{device}_")
         out = out.merge(pd.concat([*times, state], axis=1).reset_index(), on=keys, how="left")
-    return out.sort_values(keys, key=lambda c: (
-        c.map(lambda n: (n != "toy", n)) if c.name == "dataset" else c), kind="stable"
-    ).reset_index(drop=True)
+    def order(c: pd.Series) -> pd.Series:
+        if c.name != "dataset":
+            return c
+        return c.map({name: i for i, name in enumerate(dataset_order(c.dropna()))})
+
+    return out.sort_values(keys, key=order, kind="stable").reset_index(drop=True)
 
 
-def _pick_device(df: pd.DataFrame) -> str | None:
+def pick_device(df: pd.DataFrame) -> str | None:
+    """The device a figure of ``df``'s rows draws: CPU when present, else the first by name."""
     devices = set(df["device"].unique())  # unique() first: a decision grid has ~10^6 rows
     return "cpu" if "cpu" in devices else (sorted(devices)[0] if devices else None)
 
 
-def _representative_seed(metrics: pd.DataFrame) -> pd.Series:
+def representative_seed(metrics: pd.DataFrame) -> pd.Series:
     """The seed whose test accuracy is closest to the median (then lowest loss, lowest seed)."""
     m = metrics.assign(_dist=(metrics["test_acc"] - metrics["test_acc"].median()).abs())
     return m.sort_values(["_dist", "loss", "seed"]).iloc[0]
@@ -484,7 +489,7 @@ def decision_regions_table(
     decision = _read_train(decision_dirs, "decision")
     frames = []
     for dataset, dec in decision.groupby("dataset", sort=True):
-        device = _pick_device(dec)
+        device = pick_device(dec)
         dec = dec[dec["device"] == device]
         s = summary[(summary["dataset"] == dataset) & (summary["device"] == device)
                     & (summary["status"] == "ok")]
@@ -505,7 +510,7 @@ def decision_regions_table(
             sel = sel[_close(sel, **config)]
             if sel.empty:
                 continue
-            seed_row = _representative_seed(sel)
+            seed_row = representative_seed(sel)
             grid = dec[_close(dec, **config) & (dec["seed"] == seed_row["seed"])]
             # Datasets with fewer classes have NaN in the other datasets' logit columns.
             logits = sorted((c for c in grid.columns
