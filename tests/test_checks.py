@@ -277,36 +277,6 @@ def test_machine_memory_is_the_physical_memory():
     assert memory == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") and memory > 0
 
 
-def test_estimate_tracks_what_a_training_job_holds(tmp_path):
-    """The estimate lies between half and 1.5 times what a real job holds at its peak.
-
-    (Not a strict lower bound: the peak measured after the imports moves by a few per cent
-    between runs of the same job.)
-    """
-    override = {"train": {"decision_grid": {"resolution": 200},
-                          "experiments": {"toy": {"seeds": 24, "epochs": [1000, 3000],
-                                                  "width": [4, 16], "depth": [1, 3]}}}}
-    config = checked(override)
-    exp, grid = config["train"]["experiments"]["toy"], config["train"]["decision_grid"]
-    estimate = sum(p.nbytes for p in training_parts("toy", exp, grid, "cpu"))
-    script = (
-        "import json, resource, sys\n"
-        "from mlpbench.training import run_training_job\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "exp, grid = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
-        "tables = run_training_job('toy', exp, 'cpu', 1, grid)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"  # KiB on Linux
-    )
-    import json
-
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(exp), json.dumps(grid)],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    grown = int(out.stdout.split()[-1])
-    assert estimate > 50 * 2**20  # large enough to stand out from the interpreter's own noise
-    assert 0.5 * grown <= estimate <= 1.5 * grown, (estimate, grown)
-
-
 def test_checking_imports_no_heavy_library():
     """common.smk imports mlpbench.checks on every snakemake call: no torch, NumPy or pandas."""
     code = ("import sys, mlpbench.checks; "

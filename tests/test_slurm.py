@@ -231,6 +231,8 @@ def test_stage_tables_equal_a_local_run(runs):
     for rel in files:
         mine, theirs = pd.read_parquet(cluster / rel), pd.read_parquet(local / rel)
         assert list(mine.columns) == list(theirs.columns), rel
+        if rel.endswith(("environment.parquet", "samples.parquet")):
+            continue  # what each job saw (clock, load) and its raw samples: measured, not equal
         # Losses, metrics, predictions, gradient norms and decision logits: exactly equal.
         pd.testing.assert_frame_equal(_comparable(mine), _comparable(theirs), check_exact=True,
                                       obj=rel)

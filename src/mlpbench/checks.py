@@ -259,9 +259,9 @@ def training_parts(name: str, exp: Mapping[str, Any], decision_grid: Mapping[str
     resolution**2 decision-grid points, ``n_in`` = 2 features, ``n_test`` test points. Tensors
     are float32 (4 bytes); tables hold 8 bytes per int64/float64/object cell and 4 per float32
     cell, and each table is held twice (every shape's frame and their concatenation exist
-    together when the job ends). Counted are only the largest buffers; the estimate lies
-    between half and 1.5 times a real job's measured peak (tested), so a refused config needs
-    about this machine's whole memory or more, and one that passes may still run short. Parts, each with the key that sets it:
+    together when the job ends). Counted are only the largest buffers, so the estimate is
+    approximate: a refused config needs about this machine's whole memory or more, and one
+    that passes may still run short. Parts, each with the key that sets it:
 
     * ``seeds`` -- the ensemble of the largest shape, on the CPU only (on CUDA it lives on the
       GPU, which is not checked): ``4 * (M*P*(4 + [momentum] + K) + E*M)``: initial parameters,
