@@ -61,3 +61,19 @@ def test_a_dataset_without_a_result_says_why(rows, expected):
 
 def test_the_run_is_named():
     assert story(LR_SWEEP).machine_line().startswith("**Run:** `laptop`.")
+
+
+def test_the_headline_names_a_lesson_case_of_another_size_as_the_run_s_own(tmp_path):
+    from synthetic_results import write_results
+
+    from mlpbench.tables import load_tables
+
+    root = write_results(tmp_path, cuda=False, figures=False)
+    tables = load_tables(root / "tables")
+    assert Story(tables).glance().startswith("- The lesson's product x(1×6400)")
+    mm = tables["matmul"]
+    lesson = mm["case"] == "lesson"
+    tables["matmul"] = mm.assign(k=mm["k"].where(~lesson, 640), n=mm["n"].where(~lesson, 500))
+    tables["findings"] = findings_table({k: v for k, v in tables.items() if k != "findings"})
+    assert Story(tables).glance().startswith(
+        "- This run's lesson case (not the lesson's size) x(1×640) @ y(640×500)")

@@ -151,8 +151,11 @@ class Story:
         fast = self.one("lesson_fastest")
         if fast:
             r = fast["ev"]["fastest"]
+            shape = self.one("lesson_case_shape")
+            which = ("This run's lesson case (not the lesson's size)"
+                     if shape and shape["verdict"] == "differs" else "The lesson's product")
             bullets.append(
-                f"The lesson's product x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']}) was fastest "
+                f"{which} x({r['m']}×{r['k']}) @ y({r['k']}×{r['n']}) was fastest "
                 f"with {series_label(r['backend'], r['device'], r['dtype'])}: "
                 f"{fmt_time(fast['value'])}, "
                 + (f"{times(fast['ev']['speedup_vs_numpy_float64'])} the speed of the lesson's "
@@ -1168,7 +1171,7 @@ class LessonPassages:
             f"seed {seed}: logits": [", ".join(f"{v:.4f}" for v in r)
                                      for r in tp[logits].to_numpy()],
             f"seed {seed}: class": tp["pred"],
-            "seeds right": [f"{pct(s, 0)} of {n}" for s, n in
+            "seeds right": [f"{round(s * n)} of {n} ({pct(s, 0)})" for s, n in
                             zip(tp["share_seeds_correct"], tp["n_seeds"])],
         })
         ev = f["ev"]
