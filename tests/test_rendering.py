@@ -323,8 +323,10 @@ def test_old_or_broken_quarto_falls_back_with_the_reason(tmp_path, monkeypatch, 
 def test_quarto_command_and_workdir():
     out = Path("/x/results/report/report.html")
     assert quarto_workdir(out) == Path("/x/results/report/.report.quarto")
-    copy = quarto_workdir(out) / "report.py"
-    assert quarto_command(copy) == ["quarto", "render", str(copy), "--to", "html"]
+    notebook = quarto_workdir(out) / "report.ipynb"
+    # Quarto renders the notebook the job executed; it runs no code itself.
+    assert quarto_command(notebook) == ["quarto", "render", str(notebook), "--to", "html",
+                                        "--no-execute"]
 
 
 def _fake_quarto(bin_dir: Path, exit_code: int = 0, version: str = "1.6.40",
@@ -341,13 +343,11 @@ if sys.argv[1:] == ["--version"]:
     print({version!r})
     sys.exit({version_exit})
 src = Path(sys.argv[2])
-kernels = os.environ["JUPYTER_PATH"].split(os.pathsep)[0]
 Path(os.environ["FAKE_QUARTO_LOG"]).write_text(json.dumps({{
-    "argv": sys.argv[1:], "cwd": os.getcwd(), "source": src.read_text(),
+    "argv": sys.argv[1:], "cwd": os.getcwd(), "notebook": json.loads(src.read_text()),
     "env": {{k: os.environ.get(k) for k in ("MLPBENCH_RESULTS", "MLPBENCH_RENDERER",
                                            "MLPBENCH_RENDERER_DETAIL", "QUARTO_PYTHON",
                                            "NO_COLOR")}},
-    "kernel": json.loads((Path(kernels) / "kernels" / "python3" / "kernel.json").read_text()),
 }}))
 print("\\x1b[1mpandoc\\x1b[22m progress")
 if {exit_code}:
@@ -359,33 +359,39 @@ src.with_suffix(".html").write_text("<html><body>quarto output</body></html>")
     return bin_dir
 
 
-def test_quarto_renders_a_copy_in_the_output_folder(tmp_path, monkeypatch):
+def test_quarto_renders_the_executed_notebook_in_the_output_folder(tmp_path, monkeypatch):
     bin_dir = _fake_quarto(tmp_path / "bin")
     log = tmp_path / "quarto.json"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_QUARTO_LOG", str(log))
-    before = sorted(p.name for p in REPORT.parent.iterdir())
+    src = tmp_path / "src" / "kernel_check.py"
+    src.parent.mkdir()
+    src.write_text(KERNEL_CHECK)
     out = tmp_path / "results" / "report" / "report.html"
 
     with open(tmp_path / "report.log", "w") as log_stream:
-        used = render(REPORT, out, tmp_path / "results", renderer="auto", log_stream=log_stream)
+        used = render(src, out, tmp_path / "results", renderer="auto", log_stream=log_stream)
 
-    assert (used.name, used.detail, used.fallback_reason) == ("quarto", "Quarto 1.6.40", None)
+    assert (used.name, used.fallback_reason) == ("quarto", None)
+    assert re.fullmatch(r"Quarto 1\.6\.40 \(cells run by nbclient [\d.]+\)", used.detail)
     call = json.loads(log.read_text())
-    copy = quarto_workdir(out.resolve()) / "report.py"
-    assert call["argv"] == ["render", str(copy), "--to", "html"]
-    assert call["cwd"] == str(copy.parent)
-    assert call["source"] == REPORT.read_text()
+    notebook = quarto_workdir(out.resolve()) / "kernel_check.ipynb"
+    assert call["argv"] == ["render", str(notebook), "--to", "html", "--no-execute"]
+    assert call["cwd"] == str(notebook.parent)
+    # Quarto gets the notebook with the front matter first and every cell already run, in
+    # this job's interpreter with the report's environment.
+    cells = call["notebook"]["cells"]
+    assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("---")
+    printed = "".join("".join(o.get("text", "")) for c in cells[1:] for o in c.get("outputs", []))
+    assert f"KERNEL {sys.executable} job" in printed
     assert call["env"]["MLPBENCH_RESULTS"] == str((tmp_path / "results").resolve())
     assert call["env"]["MLPBENCH_RENDERER"] == "quarto"
-    assert call["env"]["MLPBENCH_RENDERER_DETAIL"] == "Quarto 1.6.40"
+    assert call["env"]["MLPBENCH_RENDERER_DETAIL"] == used.detail
     assert call["env"]["QUARTO_PYTHON"] == sys.executable
     assert call["env"]["NO_COLOR"] == "1"
-    # The first python3 kernelspec on Jupyter's path starts this interpreter.
-    assert call["kernel"]["argv"][0] == sys.executable
     assert out.read_text() == "<html><body>quarto output</body></html>"
-    assert not copy.parent.exists()  # the job's scratch copy is cleaned up
-    assert sorted(p.name for p in REPORT.parent.iterdir()) == before  # report/ untouched
+    assert not notebook.parent.exists()  # the job's scratch folder is cleaned up
+    assert sorted(p.name for p in src.parent.iterdir()) == ["kernel_check.py"]  # source untouched
     # Quarto's own output is kept, as plain text.
     kept = (tmp_path / "report.log").read_text()
     assert "pandoc progress" in kept and "\x1b" not in kept
@@ -395,12 +401,27 @@ def test_quarto_failure_is_reported_in_plain_text_and_cleaned_up(tmp_path, monke
     bin_dir = _fake_quarto(tmp_path / "bin", exit_code=1)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_QUARTO_LOG", str(tmp_path / "quarto.json"))
+    src = tmp_path / "kernel_check.py"
+    src.write_text(KERNEL_CHECK)
     out = tmp_path / "results" / "report" / "report.html"
     with pytest.raises(RenderError, match="ERROR: cell failed") as failed:
-        render(REPORT, out, tmp_path / "results", renderer="quarto")
+        render(src, out, tmp_path / "results", renderer="quarto")
     assert "\x1b" not in str(failed.value)
     assert not out.exists()
     assert not quarto_workdir(out).exists()
+
+
+def test_a_failing_cell_stops_the_quarto_path_before_quarto(tmp_path, monkeypatch):
+    bin_dir = _fake_quarto(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QUARTO_LOG", str(tmp_path / "quarto.json"))
+    src = tmp_path / "broken.py"
+    src.write_text(KERNEL_CHECK + "\n# %%\nraise RuntimeError('table missing')\n")
+    out = tmp_path / "results" / "report" / "report.html"
+    with pytest.raises(RenderError, match="a report cell failed:(.|\n)*table missing"):
+        render(src, out, tmp_path / "results", renderer="quarto")
+    assert not (tmp_path / "quarto.json").exists()  # Quarto was never started
+    assert not out.exists() and not quarto_workdir(out).exists()
 
 
 # --------------------------------------------------------------------------- the kernel
