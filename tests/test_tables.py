@@ -375,3 +375,17 @@ def test_write_and_load_round_trip(tmp_path, hand_made):
     csv = pd.read_csv(tmp_path / "tables" / "matmul.csv")
     assert list(csv.columns) == list(tables["matmul"].columns)
     assert not list((tmp_path / "tables").glob(".*tmp"))  # no temp files left behind
+
+
+def test_t_interval_half_width_matches_scipy_stats():
+    """The 95 % half-width uses Student's t quantile, as scipy.stats.t.ppf gives it."""
+    from scipy import stats
+
+    from mlpbench.tables import _t_half_width
+
+    std = pd.Series([1.0, 2.0, 0.5, 3.0])
+    n = pd.Series([1, 2, 5, 16])
+    got = _t_half_width(std, n)
+    assert np.isnan(got.iloc[0])  # one value: no interval
+    want = stats.t.ppf(0.975, n.iloc[1:] - 1) * std.iloc[1:] / np.sqrt(n.iloc[1:])
+    assert np.allclose(got.iloc[1:], want, rtol=1e-12)
