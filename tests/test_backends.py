@@ -65,9 +65,10 @@ def test_a_registered_backend_is_timed_like_the_others(registry):
     assert list(df.columns) == COLUMNS
     assert list(dict.fromkeys(df["backend"])) == ["numpy", "torch", "einsum"]
     ours = df[df["backend"] == "einsum"]
-    assert list(ours["kind"]) == ["copy", "matmul", "matmul"]
+    # the lesson case warm and cold (caches emptied before each call), then the square
+    assert list(ours["kind"]) == ["copy", "matmul", "matmul_cold", "matmul"]
     assert (ours["status"] == "ok").all(), ours["reason"].tolist()
-    assert ours["method"].str.contains("einsum('mk,kn->mn', x, y, out=z)", regex=False).sum() == 2
+    assert ours["method"].str.contains("einsum('mk,kn->mn', x, y, out=z)", regex=False).sum() == 3
     assert ours["method"].str.contains("1 thread (torch.set_num_threads", regex=False).all()
     # every row of the device is set against the best copy, the new backend's included
     assert np.allclose(ours["bandwidth_gb_s"], df.loc[df["kind"] == "copy", "gb_s"].max())
@@ -77,7 +78,7 @@ def test_a_backend_whose_library_is_missing_gives_unavailable_rows(registry):
     registry.register(_entry(name="cupyish", module="no_such_array_library", extra="cupyish"))
     df = run_matmul_stage("cpu", ["float32"], TINY, threads=1, **FAST)
     ours = df[df["backend"] == "cupyish"]
-    assert len(ours) == 1 + len(TINY)
+    assert len(ours) == 1 + len(TINY) + 1  # the cold lesson case too
     assert (ours["status"] == "unavailable").all()
     assert (ours["reason"] == "NumPy einsum unavailable: module 'no_such_array_library' is not "
                               "installed (pip install 'mlpbench[cupyish]')").all()
@@ -91,10 +92,15 @@ def test_transfers_are_timed_only_for_backends_that_state_them(registry, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     df = run_matmul_stage("cuda", ["float32"], TINY, threads=1, **FAST)
     assert set(df.loc[df["backend"] == "torch", "kind"]) == {
-        "copy", "matmul", "h2d", "d2h", "h2d_pinned", "matmul_nosync", "matmul_tf32"}
-    assert set(df.loc[df["backend"] == "gpuish", "kind"]) == {"copy", "matmul"}
-    # this entry says it runs anywhere it is installed: its cuda rows are measured
-    assert (df.loc[df["backend"] == "gpuish", "status"] == "ok").all()
+        "copy", "matmul", "h2d", "d2h", "h2d_pinned", "matmul_nosync", "matmul_tf32",
+        "matmul_cold"}
+    assert set(df.loc[df["backend"] == "gpuish", "kind"]) == {"copy", "matmul", "matmul_cold"}
+    # this entry says it runs anywhere it is installed: its cuda rows are measured, except the
+    # cold one, whose caches torch (without CUDA here) cannot empty: an error, with the reason
+    ours = df[df["backend"] == "gpuish"].set_index("kind")
+    assert (ours.loc[["copy", "matmul"], "status"] == "ok").all()
+    assert ours.loc["matmul_cold", "status"] == "error"
+    assert "CUDA" in ours.loc["matmul_cold", "reason"]
 
 
 @pytest.mark.parametrize(

@@ -60,11 +60,12 @@ def test_shapes_from_the_default_config():
 
 def test_cpu_table_has_exactly_the_contract_columns_and_one_row_per_key(cpu_table):
     assert list(cpu_table.columns) == COLUMNS
-    # numpy + torch, 2 dtypes, one copy row + one matmul row per shape
-    assert len(cpu_table) == 2 * 2 * (1 + len(TINY))
+    # numpy + torch, 2 dtypes, one copy row + one matmul row per shape + the cold lesson case
+    assert len(cpu_table) == 2 * 2 * (1 + len(TINY) + 1)
     assert not cpu_table.duplicated(KEY).any()
     assert set(cpu_table["backend"]) == {"numpy", "torch"}
-    assert set(cpu_table["kind"]) == {"matmul", "copy"}
+    assert set(cpu_table["kind"]) == {"matmul", "matmul_cold", "copy"}
+    assert set(cpu_table.loc[cpu_table["kind"] == "matmul_cold", "case"]) == {"lesson"}
     assert (cpu_table["status"] == "ok").all(), cpu_table.loc[cpu_table["status"] != "ok", "reason"]
     assert (cpu_table["reason"] == "").all()
     assert (cpu_table["host"] == "testhost").all()
@@ -87,6 +88,24 @@ def test_cpu_numbers_are_consistent(cpu_table):
     assert (df["threads"] == 2).all()
     assert (df["attempts"] == 1).all() and not df["noisy"].any()
     assert (df["noise_reason"] == "").all()
+
+
+def test_cold_lesson_rows_empty_the_caches_before_every_single_call(cpu_table):
+    """matmul_cold: the lesson's product, min_samples single calls, each after the caches were
+    emptied by writing twice the last-level cache (mlpbench.caches), untimed."""
+    from mlpbench.caches import FLUSH_FACTOR, last_level_cache
+
+    cold = cpu_table[cpu_table["kind"] == "matmul_cold"]
+    assert len(cold) == 4 and (cold["status"] == "ok").all()
+    assert (cold["n_runs"] == 5).all() and (cold["number_per_run"] == 1).all()
+    llc = last_level_cache("cpu")
+    flushed = f"{FLUSH_FACTOR * llc.size_bytes / 2**20:.4g} MiB buffer"
+    assert cold["method"].str.contains("5 single calls, each timed alone").all()
+    assert cold["method"].str.contains(f"before each call, untimed: the caches emptied by "
+                                       f"writing a {flushed}", regex=False).all()
+    warm = cpu_table[(cpu_table["kind"] == "matmul") & (cpu_table["case"] == "lesson")]
+    key = ["backend", "dtype", "m", "k", "n", "flop", "bytes"]
+    assert (cold[key].to_numpy() == warm[key].to_numpy()).all()  # the same product
 
 
 def test_copy_rows_are_the_bandwidth_reference(cpu_table):
@@ -120,12 +139,13 @@ def test_cuda_unavailable_gives_every_row_with_reason(monkeypatch):
     df = run_matmul_stage("cuda", DTYPES, TINY[:2], threads=1, **FAST)
     assert list(df.columns) == COLUMNS
     # torch only; per dtype one copy row + matmul/h2d/h2d_pinned/d2h per shape, the product
-    # timed unsynchronised for the lesson case, and TF32 products (float32 lesson and square)
-    assert len(df) == 2 * (1 + 4 * 2 + 1) + 2
+    # timed unsynchronised and cold for the lesson case, and TF32 products (float32 lesson
+    # and square)
+    assert len(df) == 2 * (1 + 4 * 2 + 2) + 2
     assert not df.duplicated(KEY).any()
     assert set(df["backend"]) == {"torch"}
     assert set(df["kind"]) == {"copy", "matmul", "h2d", "h2d_pinned", "d2h", "matmul_nosync",
-                               "matmul_tf32"}
+                               "matmul_tf32", "matmul_cold"}
     assert set(df.loc[df["kind"] == "matmul_nosync", "case"]) == {"lesson"}
     assert set(df.loc[df["kind"] == "matmul_tf32", "dtype"]) == {"float32"}
     assert (df["attempts"] == 0).all() and (df["n_runs"] == 0).all() and not df["noisy"].any()

@@ -203,6 +203,8 @@ _MATMUL_KEY = (
     _c("dtype", STR, "element type of the operands: float32 or float64"),
     _c("case", STR, "lesson (the lesson's product), square, gemv, or bandwidth (the copy)"),
     _c("kind", STR, "matmul (x @ y, synchronised; on CUDA with TF32 off, torch's default), "
+                    "matmul_cold (the lesson's product with the caches emptied before every "
+                    "call, mlpbench.caches), "
                     "matmul_nosync (the same timed without synchronising, the lesson's way), "
                     "matmul_tf32 (float32 with TF32 allowed), h2d (copy y to the GPU from "
                     "pageable memory), h2d_pinned (from pinned memory), d2h (copy z back) or "

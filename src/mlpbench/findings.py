@@ -39,6 +39,7 @@ FINDINGS_COLUMNS = ["finding", "section", "dataset", "device", "subject", "verdi
 
 TWIN_TOLERANCE = 0.25        # twin timings of one product that differ by more disagree
 NON_MONOTONIC_FACTOR = 1.5   # a product this much slower than a larger one is flagged
+CACHE_EFFECT = 0.10          # a warm lesson product this much faster than cold: the cache helps
 CHANCE_MARGIN = 0.05         # test accuracy within this of chance is "at chance"
 STALL_SHARE = 0.9            # final loss above this share of the initial loss: stalled
 ABOVE_COPY = 1.05            # bandwidth share above this beats the copy benchmark
@@ -296,6 +297,7 @@ def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
                         value=top["gb_s"], unit="GB/s"))
     out += _dtype_vs_library(mm, lesson_ok, np64, cpu32)
     out += twins
+    out += _cache_effect(mm)
     if len(lesson_ok):
         top = lesson_ok.sort_values("bandwidth_share").iloc[-1]
         share = float(top["bandwidth_share"])
@@ -474,6 +476,31 @@ def _twin_timings(mm: pd.DataFrame, tolerance: float) -> list[dict]:
                       "iqr_share": row["time_s_iqr"] / t, "tolerance": tolerance},
                      device="cpu", value=t, reference_value=t_twin, unit="s")
         out.append({**found, "ev_backend": row["backend"], "ev_dtype": row["dtype"]})
+    return out
+
+
+def _cache_effect(mm: pd.DataFrame, threshold: float = CACHE_EFFECT) -> list[dict]:
+    """Per lesson-case series: the warm timing (``matmul``, operands reused call after call, as
+    ``%timeit`` takes it) against the cold one (``matmul_cold``, caches emptied before every
+    call). Verdict ``cache_helps`` when the warm median is more than ``threshold`` below the
+    cold one, else ``no_cache_effect``; value = warm, reference = cold (s)."""
+    out = []
+    ok = mm[(mm["case"] == "lesson") & (mm["status"] == "ok")]
+    warm, cold = ok[ok["kind"] == "matmul"], ok[ok["kind"] == "matmul_cold"]
+    for _, w in warm.iterrows():
+        c = cold[(cold["backend"] == w["backend"]) & (cold["device"] == w["device"])
+                 & (cold["dtype"] == w["dtype"])]
+        if c.empty:
+            continue
+        c = c.iloc[0]
+        t_warm, t_cold = float(w["time_s_median"]), float(c["time_s_median"])
+        helps = t_warm < (1 - threshold) * t_cold
+        out.append(_row("lesson_cache", "matmul", _series(w["backend"], w["device"], w["dtype"]),
+                        "cache_helps" if helps else "no_cache_effect",
+                        {"warm": _key(w, [*MM_KEY, "gb_s", "bandwidth_share"]),
+                         "cold": _key(c, [*MM_KEY, "gb_s", "bandwidth_share"]),
+                         "cold_over_warm": t_cold / t_warm, "threshold": threshold},
+                        device=w["device"], value=t_warm, reference_value=t_cold, unit="s"))
     return out
 
 

@@ -41,6 +41,7 @@ import pandas as pd
 
 from mlpbench import backends, guard
 from mlpbench.backends import OperandSpec
+from mlpbench.caches import FLUSH_FACTOR, CacheFlush
 from mlpbench.config import machine_id
 from mlpbench.contract import (LESSON_TIMEIT_LOOPS, MATMUL, MATMUL_SAMPLES, matmul_bytes,
                                matmul_flop)
@@ -66,9 +67,16 @@ CASES = ("lesson", "square", "gemv")
 # Transfers and the lesson's GPU pitfalls exist on cuda only; a backend times the kinds it has
 # statements for. matmul_nosync: the lesson case only (the lesson's way of timing it);
 # matmul_tf32: float32 lesson and square products (what TF32 tensor cores change).
-KINDS = {"cpu": ("matmul",),
-         "cuda": ("matmul", "h2d", "h2d_pinned", "d2h", "matmul_nosync", "matmul_tf32")}
-_PRODUCT_KINDS = ("matmul", "matmul_nosync", "matmul_tf32")
+KINDS = {"cpu": ("matmul", "matmul_cold"),
+         "cuda": ("matmul", "matmul_cold", "h2d", "h2d_pinned", "d2h", "matmul_nosync",
+                  "matmul_tf32")}
+_PRODUCT_KINDS = ("matmul", "matmul_cold", "matmul_nosync", "matmul_tf32")
+# Kinds that time another kind's statement in another way: matmul_cold is the backend's matmul
+# with the caches emptied before every call (mlpbench.caches), for the lesson's case only.
+_STATEMENT_OF = {"matmul_cold": "matmul"}
+# The method of a matmul_cold row that was not measured (the measured one says the sizes).
+COLD_TEXT = (f"the caches emptied by writing a buffer of {FLUSH_FACTOR} x the device's "
+             "last-level cache")
 MAX_ATTEMPTS = 3  # default of matmul.max_attempts: timings of one row while it is disturbed
 
 COLUMNS = MATMUL.column_names  # the table's columns, declared in mlpbench.contract
@@ -139,9 +147,9 @@ def _plan(device: str, dtypes: Sequence[str], shapes: Sequence[Shape]) -> list[_
             jobs.append(_Job(backend, device, dtype, "bandwidth", "copy", 0, 0, 0))
             for case, m, k, n in shapes:
                 for kind in KINDS[device]:
-                    if kind not in statements:  # a backend without transfers has no such rows
+                    if _STATEMENT_OF.get(kind, kind) not in statements:  # a backend without transfers has no such rows
                         continue
-                    if kind == "matmul_nosync" and case != "lesson":
+                    if kind in ("matmul_nosync", "matmul_cold") and case != "lesson":
                         continue
                     if kind == "matmul_tf32" and (dtype != "float32" or case == "gemv"):
                         continue
@@ -216,9 +224,16 @@ def measure_matmul_stage(
 
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
+    flushes: dict[str, CacheFlush] = {}
+
+    def flush(on: str) -> CacheFlush:  # one buffer per device, made when first needed
+        if on not in flushes:
+            flushes[on] = CacheFlush(on)
+        return flushes[on]
+
     for job in _plan(device, list(dtypes), [tuple(s) for s in shapes]):
         backend = backends.get(job.backend)
-        stmt = backend.statements[job.kind]
+        stmt = backend.statements[_statement_kind(job)]
         sync, thread_control = _sync(backend, job), backend.threads()
         flop, nbytes = job.flop, job.nbytes(bandwidth_mib)
         key = {"host": host, "backend": job.backend, "device": job.device, "dtype": job.dtype,
@@ -228,7 +243,8 @@ def measure_matmul_stage(
             "method": _with_note(backend, job, describe_method(
                 stmt, min_run_time_s=min_run_time_s, warmup=warmup, threads=threads, sync=sync,
                 thread_control=thread_control, min_samples=min_samples,
-                unsynchronised=_unsynchronised(backend, job), number=_number(job))),
+                unsynchronised=_unsynchronised(backend, job), number=_number(job),
+                before_each=COLD_TEXT if job.kind == "matmul_cold" else None)),
             "time_s_median": math.nan, "time_s_iqr": math.nan, "n_runs": 0, "number_per_run": 0,
             "attempts": 0, "cpu_wait_threads": math.nan, "noisy": False, "noise_reason": "",
             "flop": flop, "bytes": nbytes, "gflop_s": math.nan, "gb_s": math.nan,
@@ -241,13 +257,15 @@ def measure_matmul_stage(
         if unavailable[job.backend] is None:
             measured, timed = _measure_job(job, backend, threads, min_run_time_s, warmup,
                                            bandwidth_mib, min_samples, max_attempts,
-                                           wait_limit_threads)
+                                           wait_limit_threads, flush)
             row.update(measured)
             samples += [{**key, **s} for s in timed]
         rows.append(row)
         if log is not None:
             log(_describe_row(row))
 
+    for buffer in flushes.values():
+        buffer.release()
     table = with_roofs(pd.DataFrame(rows, columns=COLUMNS))
     sample_table = pd.DataFrame(samples, columns=SAMPLE_COLUMNS)
     for col in ("m", "k", "n", "attempt", "sample", "number_per_run"):
@@ -268,20 +286,27 @@ def _sync(backend: backends.Backend, job: _Job):
     return None if job.kind == "matmul_nosync" else backend.sync(job.device)
 
 
+def _statement_kind(job: _Job) -> str:
+    """The backend statement a job times (its own kind, or the kind it is a variant of)."""
+    return _STATEMENT_OF.get(job.kind, job.kind)
+
+
 def _number(job: _Job) -> int | None:
     """Calls per sample: the lesson's %timeit loops for matmul_nosync, else the autorange's."""
     return LESSON_TIMEIT_LOOPS if job.kind == "matmul_nosync" else None
 
 
 def _with_note(backend: backends.Backend, job: _Job, method: str) -> str:
-    note = backend.context_note(job.kind, job.device)
+    note = backend.context_note(_statement_kind(job), job.device)
     return f"{method}; {note}" if note else method
 
 
 def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_time_s: float,
                  warmup: int, bandwidth_mib: int, min_samples: int, max_attempts: int,
-                 wait_limit: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Time one job, again while the guard finds it disturbed; (row values, sample rows)."""
+                 wait_limit: float, flush: Callable[[], CacheFlush] | None = None,
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Time one job, again while the guard finds it disturbed; (row values, sample rows).
+    ``flush`` gives the device's :class:`mlpbench.caches.CacheFlush` for a matmul_cold job."""
 
     def disturbed(result) -> str | None:
         return guard.judge(result.cpu_wait_threads, wait_limit)
@@ -290,14 +315,17 @@ def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_tim
     results = []
     try:
         operands = _operands(job, bandwidth_mib)
-        with backend.context(job.kind, job.device):
+        cold = flush(job.device) if job.kind == "matmul_cold" and flush else None
+        with backend.context(_statement_kind(job), job.device):
             for _ in range(max_attempts):
-                result = measure(backend.statements[job.kind], operands, threads=threads,
+                result = measure(backend.statements[_statement_kind(job)], operands,
+                                 threads=threads,
                                  min_run_time_s=min_run_time_s, warmup=warmup,
                                  sync=_sync(backend, job), thread_control=backend.threads(),
                                  min_samples=min_samples,
                                  unsynchronised=_unsynchronised(backend, job),
-                                 number=_number(job))
+                                 number=_number(job), before_each=cold,
+                                 before_each_text=cold.text if cold else "")
                 results.append(result)
                 if disturbed(result) is None:
                     break

@@ -413,6 +413,9 @@ class Story:
                     f"disagree by more than {pct(twins[0]['ev']['tolerance'], 0)}: "
                     + "; ".join(doubts) + ". The ratios above are only as certain as these "
                     "timings, so treat the split between dtype and library as rough.")
+        cache = self.cache_part()
+        if cache:
+            text.append(cache)
         text.append(
             "The lesson's CUDA number has a second catch: CUDA kernels run asynchronously and "
             "`%timeit` does not wait for them, so it can time the launch rather than the "
@@ -420,6 +423,31 @@ class Story:
             + (f"; its float32 GPU time is {fmt_time(gpu['value'])}." if gpu else
                ", but had no GPU to time."))
         return "\n\n".join(text)
+
+    def cache_part(self) -> str:
+        """Warm against cold lesson-case timings (``lesson_cache`` findings), or ""."""
+        rows = self.find("lesson_cache")
+        if not rows:
+            return ""
+        helped = [f for f in rows if f["verdict"] == "cache_helps"]
+        parts = [f"{series_label(*f['subject'].split())} {fmt_time(f['value'])} warm, "
+                 f"{fmt_time(f['reference_value'])} cold" for f in rows]
+        text = ("Every timing above reuses the same operands call after call, as `%timeit` "
+                "does, so whatever part of `y` the caches keep between calls is read from the "
+                "cache. The lesson's `y` (128 MB in float32) was far larger than the cache of the "
+                "machine it ran on, so there every call read `y` from main memory. This run also "
+                "timed the lesson's product with the caches emptied before every call (a buffer "
+                "twice the size of the last-level cache written, untimed): " + "; ".join(parts)
+                + ". ")
+        if helped:
+            return text + (
+                f"On this machine the cache made {len(helped)} of {len(rows)} of these products "
+                f"more than {pct(rows[0]['ev']['threshold'], 0)} faster: the cold times are the "
+                "ones to set beside the lesson's, and the warm ones depend on what else the "
+                "machine keeps in its shared cache at the time.")
+        return text + ("The cache made none of them more than "
+                       f"{pct(rows[0]['ev']['threshold'], 0)} faster here: `y` streams from main "
+                       "memory either way, as on the lesson's machine.")
 
     def size_answer(self) -> str:
         text = []

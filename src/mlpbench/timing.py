@@ -153,14 +153,19 @@ def describe_method(
     min_samples: int = MIN_SAMPLES,
     unsynchronised: str | None = None,
     number: int | None = None,
+    before_each: str | None = None,
 ) -> str:
     """The ``method`` string stored with each row: enough to repeat the measurement.
 
     ``unsynchronised`` names a device deliberately timed without waiting for it (the lesson's
-    way), which the string then says; ``number`` a fixed block size (see :func:`measure`).
+    way), which the string then says; ``number`` a fixed block size (see :func:`measure`);
+    ``before_each`` what runs, untimed, before every single call (see :func:`measure`).
     """
     s = "s" if min_samples != 1 else ""
     parts = [
+        f"{min_samples} single call{s}, each timed alone",
+        f"before each call, untimed: {before_each}",
+    ] if before_each is not None else [
         f"torch.utils.benchmark.Timer.blocked_autorange(min_run_time={min_run_time_s:g})",
         f"at least {min_samples} sample{s} (further blocks timed singly when the autorange "
         "gives fewer)",
@@ -199,6 +204,8 @@ def measure(
     min_samples: int = MIN_SAMPLES,
     unsynchronised: str | None = None,
     number: int | None = None,
+    before_each: Callable[[], None] | None = None,
+    before_each_text: str = "an untimed preparation",
 ) -> Measurement:
     """Time ``stmt`` with ``threads`` threads; return median/IQR seconds per call.
 
@@ -209,6 +216,9 @@ def measure(
     purpose, so that the ``method`` string says so. A fixed ``number`` replaces the autorange:
     exactly ``min_samples`` samples of ``number`` calls each, back to back, as IPython's
     ``%timeit -r min_samples -n number`` takes them (``min_run_time_s`` is then unused).
+    ``before_each`` (a callable; for instance :class:`mlpbench.caches.CacheFlush`) replaces both:
+    exactly ``min_samples`` single calls, each after an untimed ``before_each()``;
+    ``before_each_text`` says what it does, for the ``method`` string.
 
     ``warmup`` calls run first and are not measured. ``thread_control`` sets the thread pools
     for the warm-up and the measurement (torch's and every BLAS by default). With ``sync`` (for
@@ -227,6 +237,9 @@ def measure(
     if number is not None and (isinstance(number, bool) or not isinstance(number, int)
                                or number < 1):
         raise ValueError(f"number: got {number!r}; allowed: None or an integer >= 1")
+    if before_each is not None and number is not None:
+        raise ValueError(f"number: got {number!r} with before_each; allowed: None (a call "
+                         "after each preparation is timed alone)")
 
     fixed = number
     clock: Callable[[], float] = sync.clock if sync is not None else timeit.default_timer
@@ -238,7 +251,13 @@ def measure(
             timeit.Timer(stmt, setup, timer=clock, globals=dict(namespace)).timeit(warmup)
         timer = Timer(stmt, setup=setup, globals=namespace, num_threads=threads, timer=clock)
         with CpuWaitProbe() as probe:
-            if number is None:
+            if before_each is not None:
+                single = timeit.Timer(stmt, setup, timer=clock, globals=dict(namespace))
+                number, times = 1, []
+                for _ in range(min_samples):
+                    before_each()
+                    times.append(single.timeit(1))
+            elif number is None:
                 result = timer.blocked_autorange(min_run_time=min_run_time_s)
                 number = int(result.number_per_run)
                 times = [float(t) for t in result.times]
@@ -260,7 +279,8 @@ def measure(
         method=describe_method(stmt, min_run_time_s=min_run_time_s, warmup=warmup,
                                threads=threads, sync=sync, thread_control=thread_control,
                                min_samples=min_samples, unsynchronised=unsynchronised,
-                               number=fixed),
+                               number=fixed,
+                               before_each=before_each_text if before_each else None),
         times_s=tuple(times),
         cpu_wait_threads=probe.result.wait_threads,
     )
