@@ -558,3 +558,20 @@ def test_without_cuda_rows_there_are_no_gpu_pitfall_findings():
             lesson_reference=LESSON_REF)
     for name in ("unsynchronised_lesson", "pinned_copy", "tf32"):
         assert not pick(f, name)
+
+
+def test_warm_and_cold_lesson_timings_say_whether_the_cache_helped():
+    rows = lesson_cpu(np64=2e-4, np32=1e-4, t32=1e-4, t64=2e-4)
+    rows += [mm_row("numpy", "cpu", "float64", kind="matmul_cold", t=2.1e-4),  # within 10 %
+             mm_row("torch", "cpu", "float32", kind="matmul_cold", t=1.5e-4)]  # cache helps
+    f = run(matmul=rows)
+    by = {r["subject"]: r for r in pick(f, "lesson_cache")}
+    assert set(by) == {"numpy cpu float64", "torch cpu float32"}  # only series with both
+    assert by["numpy cpu float64"]["verdict"] == "no_cache_effect"
+    t = by["torch cpu float32"]
+    assert t["verdict"] == "cache_helps"
+    assert (t["value"], t["reference_value"]) == (1e-4, 1.5e-4)
+    assert t["ev"]["cold_over_warm"] == pytest.approx(1.5)
+    assert t["ev"]["cold"]["kind"] == "matmul_cold" and t["ev"]["warm"]["kind"] == "matmul"
+    # the headline still rests on the warm timings, as the lesson's %timeit took them
+    assert pick(f, "lesson_fastest")[0]["ev"]["fastest"]["kind"] == "matmul"

@@ -77,3 +77,19 @@ def test_the_headline_names_a_lesson_case_of_another_size_as_the_run_s_own(tmp_p
     tables["findings"] = findings_table({k: v for k, v in tables.items() if k != "findings"})
     assert Story(tables).glance().startswith(
         "- This run's lesson case (not the lesson's size) x(1×640) @ y(640×500)")
+
+
+def test_warm_against_cold_lesson_timings_are_told():
+    from test_findings import mm_row
+
+    def with_matmul(rows):
+        base = story([summary_row()])
+        tables = {**base.t, "matmul": pd.DataFrame(rows)}
+        return Story({**tables, "findings": findings_table(tables)})
+
+    rows = lesson_cpu() + [mm_row("torch", "cpu", "float32", kind="matmul_cold", t=1.5e-4)]
+    text = with_matmul(rows).cache_part()
+    assert "torch CPU float32 100 µs warm, 150 µs cold" in text
+    assert "On this machine the cache made 1 of 1 of these products more than 10% faster" in text
+    # without cold rows the report says nothing about it
+    assert with_matmul(lesson_cpu()).cache_part() == ""

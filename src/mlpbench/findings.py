@@ -65,6 +65,9 @@ RULES = {
                               f"above {ABOVE_COPY:g} beats the copy benchmark, at least "
                               f"{BANDWIDTH_BOUND:g} is bandwidth bound, below is held back",
     "gemv_cache": "matrix-vector products above the copy bandwidth (share > 1) run from cache",
+    "lesson_cache": f"the lesson product's warm median (operands reused call after call) more "
+                    f"than {CACHE_EFFECT:.0%} below its cold median (caches emptied before "
+                    f"every call): the cache helps",
     "best_square": "the square product with the highest GFLOP/s",
     "rises_with_size": f"within one series a product that took more than "
                        f"{NON_MONOTONIC_FACTOR:g}× the time of a larger one does not rise "
