@@ -575,3 +575,16 @@ def test_warm_and_cold_lesson_timings_say_whether_the_cache_helped():
     assert t["ev"]["cold"]["kind"] == "matmul_cold" and t["ev"]["warm"]["kind"] == "matmul"
     # the headline still rests on the warm timings, as the lesson's %timeit took them
     assert pick(f, "lesson_fastest")[0]["ev"]["fastest"]["kind"] == "matmul"
+
+
+def test_copy_rates_that_differ_by_more_than_the_factor_disagree():
+    copies = [mm_row("numpy", "cpu", "float32", case="bandwidth", kind="copy", m=1, k=1, n=1,
+                     t=1.0, gb_s=12.0),
+              mm_row("torch", "cpu", "float32", case="bandwidth", kind="copy", m=1, k=1, n=1,
+                     t=1.0, gb_s=24.0)]
+    f = only(run(matmul=lesson_cpu() + copies), "copy_agreement")
+    assert (f["verdict"], f["value"]) == ("disagree", 2.0)
+    assert f["ev"]["highest"]["backend"] == "torch" and f["ev"]["lowest"]["backend"] == "numpy"
+    assert len(f["ev"]["rates"]) == 2
+    copies[0]["gb_s"] = 22.0
+    assert only(run(matmul=lesson_cpu() + copies), "copy_agreement")["verdict"] == "agree"

@@ -93,3 +93,15 @@ def test_warm_against_cold_lesson_timings_are_told():
     assert "On this machine the cache made 1 of 1 of these products more than 10% faster" in text
     # without cold rows the report says nothing about it
     assert with_matmul(lesson_cpu()).cache_part() == ""
+
+
+def test_copy_rates_that_disagree_are_named_beside_the_roof():
+    from test_findings import mm_row
+
+    copies = [mm_row(b, "cpu", "float32", case="bandwidth", kind="copy", m=1, k=1, n=1, t=1.0,
+                     gb_s=gb) for b, gb in (("numpy", 12.0), ("torch", 24.0))]
+    base = story([summary_row()])
+    tables = {**base.t, "matmul": pd.DataFrame(lesson_cpu() + copies)}
+    text = Story({**tables, "findings": findings_table(tables)}).size_answer()
+    assert "The copies on CPU disagree: torch CPU float32 moved 24 GB/s, NumPy CPU float32 " \
+           "only 12 GB/s (2.00×). The memory roof is the highest" in text

@@ -40,6 +40,7 @@ FINDINGS_COLUMNS = ["finding", "section", "dataset", "device", "subject", "verdi
 TWIN_TOLERANCE = 0.25        # twin timings of one product that differ by more disagree
 NON_MONOTONIC_FACTOR = 1.5   # a product this much slower than a larger one is flagged
 CACHE_EFFECT = 0.10          # a warm lesson product this much faster than cold: the cache helps
+COPY_AGREEMENT = 1.25        # copy rates of one device within this factor of each other agree
 CHANCE_MARGIN = 0.05         # test accuracy within this of chance is "at chance"
 STALL_SHARE = 0.9            # final loss above this share of the initial loss: stalled
 ABOVE_COPY = 1.05            # bandwidth share above this beats the copy benchmark
@@ -57,6 +58,9 @@ RULES = {
     "transfer_cost": "copy of y to the GPU (h2d) against the product's own CUDA time",
     "lesson_intensity": f"FLOP per operand byte below {MEMORY_BOUND_INTENSITY:g}: memory bound",
     "copy_bandwidth": "the highest copy bandwidth measured on each device",
+    "copy_agreement": f"the copy rates of one device (every backend and dtype) agree when the "
+                      f"highest is at most {COPY_AGREEMENT:g}× the lowest; the memory roof is "
+                      f"the highest either way",
     "dtype_vs_library": "the dtype explains most of the NumPy/torch gap when |log| of NumPy "
                         "float64/float32 is at least |log| of NumPy/torch at either dtype",
     "twin_timing": f"one product timed in two series disagrees when the times differ by more "
@@ -298,6 +302,18 @@ def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
         out.append(_row("copy_bandwidth", "matmul", f"copy on {device}", "measured",
                         {"row": _key(top, [*MM_KEY, "gb_s"]), "n_rows": len(g)}, device=device,
                         value=top["gb_s"], unit="GB/s"))
+        if len(g) > 1:
+            low = g.sort_values("gb_s").iloc[0]
+            ratio = float(top["gb_s"]) / float(low["gb_s"])
+            out.append(_row("copy_agreement", "matmul", f"copy on {device}",
+                            "agree" if ratio <= COPY_AGREEMENT else "disagree",
+                            {"rates": [_key(r, ["backend", "dtype", "threads", "gb_s"])
+                                       for _, r in g.iterrows()],
+                             "highest": _key(top, ["backend", "dtype", "gb_s"]),
+                             "lowest": _key(low, ["backend", "dtype", "gb_s"]),
+                             "factor": COPY_AGREEMENT},
+                            device=device, value=ratio, reference_value=COPY_AGREEMENT,
+                            unit="ratio"))
     out += _dtype_vs_library(mm, lesson_ok, np64, cpu32)
     out += twins
     out += _cache_effect(mm)

@@ -469,6 +469,17 @@ class Story:
                     "below_bandwidth": "well below what the memory delivered in the copy "
                     "benchmark, so this timing was held back by something besides bandwidth.",
                 }[share["verdict"]])
+        for f in self.find("copy_agreement", verdict="disagree"):
+            e = f["ev"]
+            hi, lo = e["highest"], e["lowest"]
+            text.append(
+                f"The copies on {device_name(f['device'])} disagree: "
+                f"{series_label(hi['backend'], f['device'], hi['dtype'])} moved "
+                f"{num(hi['gb_s'])} GB/s, {series_label(lo['backend'], f['device'], lo['dtype'])}"
+                f" only {num(lo['gb_s'])} GB/s ({times(f['value'])}). The memory roof is the "
+                f"highest, what the memory delivered at best: `np.copyto` copies on one thread "
+                f"while torch's copy uses its thread pool, and a disturbed copy can only be "
+                f"slower, never faster, than the memory allows. Each rate is in the table below.")
         if cache:
             text.append(
                 f"Smaller matrix-vector products can beat the copy bandwidth (up to "
