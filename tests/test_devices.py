@@ -73,8 +73,9 @@ def test_an_unreadable_folder_leaves_the_answer_to_torch(tmp_path, monkeypatch):
     def refuse(path):
         raise PermissionError(13, "Permission denied", os.fspath(path))
 
+    root = _root_with(tmp_path)
     monkeypatch.setattr(devices.os, "scandir", refuse)
-    assert devices.no_driver_reason("linux", _root_with(tmp_path)) is None
+    assert devices.no_driver_reason("linux", root) is None
 
 
 def test_without_driver_the_reason_comes_without_torch(tmp_path, monkeypatch):
