@@ -1,12 +1,15 @@
 """Snakemake entry point: time the matmul cases on one device."""
 
+from contextlib import nullcontext
+
 import pandas as pd
 
+from mlpbench import backends
+from mlpbench.config import machine_id
 from mlpbench.contract import MATMUL, MATMUL_ENVIRONMENT, MATMUL_SAMPLES, write
 from mlpbench.environment import environment_rows, snapshot
 from mlpbench.io import remove_stale_temps
 from mlpbench.joblog import job_log
-from mlpbench.machine import machine_id
 from mlpbench.matmul import measure_matmul_stage, shapes_from_config
 from mlpbench.timing import thread_limits
 
@@ -18,7 +21,11 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
     threads = snakemake.threads  # noqa: F821
     gpu = 0 if device == "cuda" else None
     # The readings are taken under the thread limits every measurement sets (the same ones).
-    with thread_limits(threads):
+    # Where no backend can run on the device (CUDA without a GPU) nothing is timed: the
+    # readings are taken as the job is, and torch, whose threads the limits set, stays unloaded.
+    timed = any(backends.get(name).unavailable_reason(device) is None
+                for name in backends.by_device()[device])
+    with thread_limits(threads) if timed else nullcontext():
         before = snapshot(cuda_device=gpu)
         result = measure_matmul_stage(
             device=device,

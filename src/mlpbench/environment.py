@@ -6,9 +6,9 @@ numbers a timing job reports, is read here by the job itself, once before and on
 timed work (``snapshot``), and stored beside its results as rows of the ``environment`` table
 declared in :mod:`mlpbench.contract` (``environment_rows``):
 
-* threads: torch's intra- and inter-op threads, every thread pool threadpoolctl finds loaded
-  (BLAS and OpenMP, with the threads each is set to) and the thread variables the job started
-  with (Snakemake sets them from the rule's ``threads``);
+* threads: torch's intra- and inter-op threads (0 in a job that never imports torch), every
+  thread pool threadpoolctl finds loaded (BLAS and OpenMP, with the threads each is set to) and
+  the thread variables the job started with (Snakemake sets them from the rule's ``threads``);
 * the CPUs the process may run on (its affinity mask), the load average and the CPU clock
   (Linux: ``/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq``, else ``cpu MHz`` of
   ``/proc/cpuinfo``), where the OS exposes them;
@@ -25,6 +25,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +62,9 @@ _PROC_CPUINFO = Path("/proc/cpuinfo")
 def snapshot(*, cuda_device: int | None = None) -> dict[str, Any]:
     """What is in effect in this process now, as one flat JSON-serialisable dict.
 
-    Keys: ``time_utc`` (ISO 8601), ``torch_num_threads``, ``torch_num_interop_threads``,
+    Keys: ``time_utc`` (ISO 8601), ``torch_num_threads``, ``torch_num_interop_threads`` (0
+    when torch is not imported in this process: it then runs no torch threads, and reading
+    them would import it; a CUDA job without CUDA does no torch work),
     ``blas_num_threads`` / ``openmp_num_threads`` (the largest thread count among the loaded
     BLAS / OpenMP pools; None when none is loaded), ``threadpools`` (list of
     ``{user_api, internal_api, num_threads, filename}``), ``thread_env`` (``THREAD_ENV_VARS``
@@ -70,8 +73,9 @@ def snapshot(*, cuda_device: int | None = None) -> dict[str, Any]:
     affinity mask, ``cpu_mhz_source``, and the ``gpu_*`` keys of :func:`gpu_state` (for
     ``cuda_device``; None: the keys are None, with reason "not a CUDA job").
     """
-    import torch
     from threadpoolctl import threadpool_info
+
+    torch = sys.modules.get("torch")
 
     pools = sorted(
         ({"user_api": p.get("user_api"), "internal_api": p.get("internal_api"),
@@ -87,8 +91,8 @@ def snapshot(*, cuda_device: int | None = None) -> dict[str, Any]:
     mhz, source = cpu_mhz(cpus)
     out: dict[str, Any] = {
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "torch_num_threads": torch.get_num_threads() if torch else 0,
+        "torch_num_interop_threads": torch.get_num_interop_threads() if torch else 0,
         "blas_num_threads": _most(pools, "blas"),
         "openmp_num_threads": _most(pools, "openmp"),
         "threadpools": pools,

@@ -17,6 +17,9 @@ below ``min_samples`` or 2 samples, never a 0 that looks exact), and the samples
 What differs between array libraries is said by two small values a backend supplies (see
 :mod:`mlpbench.backends`): a :class:`ThreadControl` (how its thread pools are set) and, for a
 device that runs work asynchronously, a :class:`Sync` (the call that waits for queued work).
+
+Importing this module does not import torch (a CUDA job on a machine without a GPU describes
+its rows with :func:`describe_method` and times nothing); the functions that time import it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_info, threadpool_limits
-from torch.utils.benchmark import Timer
 
 from mlpbench.guard import CpuWaitProbe
 
@@ -97,6 +98,8 @@ def thread_limits(threads: int) -> Iterator[None]:
     NumPy's BLAS (via threadpoolctl) are separate pools: setting only one leaves the other at
     whatever the environment gave it.
     """
+    import torch
+
     _check_threads(threads)
     previous = torch.get_num_threads()
     try:
@@ -138,8 +141,17 @@ class Sync:
 TORCH_AND_BLAS_THREADS = ThreadControl(
     thread_limits, "torch.set_num_threads + threadpoolctl BLAS limit"
 )
+
+
+def _cuda_synchronize() -> None:
+    """``torch.cuda.synchronize()``; torch is imported on the first call, not with this module."""
+    import torch
+
+    torch.cuda.synchronize()
+
+
 # torch on CUDA: kernels are launched asynchronously.
-CUDA_SYNC = Sync(torch.cuda.synchronize, "cuda", "torch.cuda.synchronize()")
+CUDA_SYNC = Sync(_cuda_synchronize, "cuda", "torch.cuda.synchronize()")
 
 
 def describe_method(
@@ -226,6 +238,9 @@ def measure(
     queued kernels are always inside the measured interval (kernel launches are asynchronous;
     an unsynchronised clock times only the launch).
     """
+    import torch
+    from torch.utils.benchmark import Timer
+
     _check_threads(threads)
     if not (isinstance(min_run_time_s, (int, float)) and math.isfinite(min_run_time_s)
             and min_run_time_s > 0):

@@ -28,6 +28,10 @@ columns, types and units are declared in :data:`mlpbench.contract.TRAIN` (write 
 
 Timings and the environment are the only columns that differ between reruns; on the CPU
 every other table is identical from run to run.
+
+Importing this module imports neither torch nor scikit-learn: a "cuda" job on a machine
+without CUDA writes its "unavailable" rows without them (the data set's number of classes comes
+from the registry, :func:`mlpbench.data.n_classes`); the functions that train import torch.
 """
 
 from __future__ import annotations
@@ -35,20 +39,23 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from mlpbench.config import machine_id
 from mlpbench.contract import TRAIN, pandas_dtypes, to_arrow
 from mlpbench.devices import cuda_unavailable_reason, sync
 from mlpbench.environment import environment_rows, snapshot
 from . import data as datamod
-from . import ensemble as ens
 from .grid import ShapePlan, plan_shapes, resolve_seeds
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from . import ensemble as ens
 
 __all__ = [
     "COLUMNS",
@@ -92,6 +99,9 @@ def lesson_loop(
     order ``torch.randperm(n, generator=generator)``; the epoch's loss is then the
     sample-weighted mean of its batch losses.
     """
+    import torch
+    from torch import nn
+
     loss_func = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_history = []
@@ -201,6 +211,8 @@ def _time_loop(
 ) -> list[float]:
     """Wall time of each of ``windows`` runs of the lesson's loop for one member (``epochs``
     epochs each, from the seed's initial weights), after a short untimed warm-up."""
+    import torch
+
     y = datamod.one_hot(ds.y_train, ds.n_classes)
 
     def run(n_epochs: int) -> float:
@@ -220,6 +232,8 @@ def _time_loop(
 
 def _decision_points(ds: datamod.Dataset, resolution: int, margin: float) -> torch.Tensor:
     """(resolution**2, 2) grid over the train+test range +- margin; x0 varies fastest."""
+    import torch
+
     x = torch.cat([ds.x_train, ds.x_test]).cpu()
     lo, hi = x.min(0).values - margin, x.max(0).values + margin
     g1, g0 = torch.meshgrid(
@@ -257,6 +271,8 @@ def _checkpoint_columns(
     checkpoints: tuple[int, ...], diverged_at: np.ndarray,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """metrics and predictions columns at every checkpoint."""
+    from . import ensemble as ens
+
     y_onehot = datamod.one_hot(ds.y_train, ds.n_classes)
     y_test = ds.y_test.cpu().numpy()
     n_test, m = len(y_test), len(members)
@@ -309,6 +325,8 @@ def _gradnorm_columns(
     arch: ens.Architecture, ds: datamod.Dataset, stages: dict[str, torch.Tensor], members: _Members,
     diverged_at: np.ndarray,
 ) -> dict[str, Any]:
+    from . import ensemble as ens
+
     y_onehot = datamod.one_hot(ds.y_train, ds.n_classes)
     n_layers, m = arch.depth + 1, len(members)
     norms = []
@@ -333,6 +351,10 @@ def _decision_columns(
     diverged_at: np.ndarray, grid_points: torch.Tensor,
 ) -> dict[str, Any]:
     """Logits on the grid at every checkpoint, for the members not yet diverged there."""
+    import torch
+
+    from . import ensemble as ens
+
     pts = grid_points.numpy()
     parts: list[dict[str, np.ndarray]] = []
     for cp in checkpoints:
@@ -356,6 +378,8 @@ def _train_shape(
 ) -> tuple[dict[str, dict[str, Any]], tuple[int, int], list[float], list[float]]:
     """Train one shape's ensemble; returns the columns of each table, the window plan
     (windows, epochs per window) and the windows' wall times of the ensemble and the loop."""
+    from . import ensemble as ens
+
     arch = ens.Architecture(ds.n_features, shape.width, shape.depth, ds.n_classes)
     members = _Members(shape.lrs, seeds)
     params0 = ens.init_params(arch, members.seed.tolist(), device)
@@ -418,34 +442,33 @@ def run_training_job(
 
     Keys: losses, metrics, predictions, timings, gradnorms, decision, environment (the file
     stems of ``results/train/{dataset}/{device}/``). Without CUDA a "cuda" job returns
-    "unavailable" rows instead of raising (its environment is still read). torch's intra-op
-    threads are set to ``threads`` for the job and restored afterwards; the environment is
-    read under that setting, before the first shape and after the last.
+    "unavailable" rows instead of raising, before building the data set and without importing
+    torch where no GPU driver exists (:func:`mlpbench.devices.cuda_unavailable_reason`); its
+    environment is still read, as it is. torch's intra-op threads are set to ``threads`` for the
+    job and restored afterwards; the environment is read under that setting, before the first
+    shape and after the last.
     """
     resolution, margin = decision_grid["resolution"], decision_grid["margin"]
     plan = plan_shapes(dataset_cfg)
     seeds = resolve_seeds(dataset_cfg["seeds"])
     momentum = float(dataset_cfg.get("momentum") or 0.0)
     batch_size = dataset_cfg.get("batch_size")
-    ds_cpu = datamod.load(dataset_name, dataset_cfg)
 
     host = machine_id(None)
     gpu = 0 if device == "cuda" else None
     reason = cuda_unavailable_reason() if device == "cuda" else None
     if reason is not None:
         tables = _unavailable_tables(dataset_name, device, plan, len(seeds), threads, reason,
-                                     ds_cpu.n_classes)
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            now = snapshot(cuda_device=gpu)
-        finally:
-            torch.set_num_threads(previous_threads)
+                                     datamod.n_classes(dataset_name, dataset_cfg))
+        now = snapshot(cuda_device=gpu)
         tables["environment"] = _environment_frame(environment_rows(
             now, now, host=host, stage="train", device=device, threads=threads,
             dataset=dataset_name))
         return tables
 
+    import torch
+
+    ds_cpu = datamod.load(dataset_name, dataset_cfg)
     logit_cols = [f"logit_{c}" for c in range(ds_cpu.n_classes)]
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in COLUMNS
                                              if name not in ("timings", "environment")}
