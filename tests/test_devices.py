@@ -224,7 +224,7 @@ def test_cuda_jobs_write_the_tables_of_the_torch_path(without_driver, with_torch
         if name.endswith("environment.parquet"):
             assert len(table) == len(other) == 2, name
             pd.testing.assert_frame_equal(table[ENVIRONMENT_KEY], other[ENVIRONMENT_KEY])
-            assert set(table["torch_num_threads"]) == {0}, name  # torch never loaded
+            assert table["torch_num_threads"].isna().all(), name  # torch never loaded
             continue
         if "reason" in table and len(table):
             assert (table["status"] == "unavailable").all(), name

@@ -269,8 +269,10 @@ _ENVIRONMENT_COLUMNS = (
     _c("moment", STR, "before or after the job's timed work"),
     _c("threads", I64, "the job's own thread count (its rule's threads)", "1"),
     _c("time_utc", STR, "when the reading was taken (ISO 8601, UTC)"),
-    _c("torch_num_threads", I64, "torch.get_num_threads() in the job", "1"),
-    _c("torch_num_interop_threads", I64, "torch.get_num_interop_threads() in the job", "1"),
+    _c("torch_num_threads", I64, "torch.get_num_threads() in the job (null when the job never "
+       "imported torch: a CUDA job on a machine without a GPU driver)", "1", True),
+    _c("torch_num_interop_threads", I64, "torch.get_num_interop_threads() in the job (null "
+       "when the job never imported torch)", "1", True),
     _c("blas_num_threads", I64, "largest thread count of the loaded BLAS pools "
                                 "(threadpoolctl; null when none is loaded)", "1", True),
     _c("openmp_num_threads", I64, "largest thread count of the loaded OpenMP pools "

@@ -62,9 +62,9 @@ _PROC_CPUINFO = Path("/proc/cpuinfo")
 def snapshot(*, cuda_device: int | None = None) -> dict[str, Any]:
     """What is in effect in this process now, as one flat JSON-serialisable dict.
 
-    Keys: ``time_utc`` (ISO 8601), ``torch_num_threads``, ``torch_num_interop_threads`` (0
-    when torch is not imported in this process: it then runs no torch threads, and reading
-    them would import it; a CUDA job without CUDA does no torch work),
+    Keys: ``time_utc`` (ISO 8601), ``torch_num_threads``, ``torch_num_interop_threads`` (None
+    when torch is not imported in this process: it runs no torch threads then, and reading
+    them would import it; a CUDA job without a GPU driver does no torch work),
     ``blas_num_threads`` / ``openmp_num_threads`` (the largest thread count among the loaded
     BLAS / OpenMP pools; None when none is loaded), ``threadpools`` (list of
     ``{user_api, internal_api, num_threads, filename}``), ``thread_env`` (``THREAD_ENV_VARS``
@@ -91,8 +91,8 @@ def snapshot(*, cuda_device: int | None = None) -> dict[str, Any]:
     mhz, source = cpu_mhz(cpus)
     out: dict[str, Any] = {
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "torch_num_threads": torch.get_num_threads() if torch else 0,
-        "torch_num_interop_threads": torch.get_num_interop_threads() if torch else 0,
+        "torch_num_threads": torch.get_num_threads() if torch else None,
+        "torch_num_interop_threads": torch.get_num_interop_threads() if torch else None,
         "blas_num_threads": _most(pools, "blas"),
         "openmp_num_threads": _most(pools, "openmp"),
         "threadpools": pools,
