@@ -432,9 +432,22 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
     paths = [Path(root) / p for p in (*sources.bundles, *sources.reference)]
     bundles: list[Any] = []
     if paths:
-        from .bundle import load_bundles  # only when there is something to compare
+        from .bundle import Bundle, hardware, load_bundles  # only when there is something
 
-        bundles = load_bundles(paths)
+        # This run's machine record, where an earlier run wrote it: a bundle that claims this
+        # machine_id with other hardware is refused now, not in the aggregate job.
+        own = None
+        record = Path(root) / "results" / "machine" / f"{own_machine_id}.json"
+        if record.is_file():
+            try:
+                machine = json.loads(record.read_text())
+            except (OSError, ValueError):
+                machine = None  # the machine rule writes it again; the aggregate job checks
+            if isinstance(machine, dict):
+                own = Bundle(str(record), {"machine_id": own_machine_id,
+                                           "hardware": hardware(machine), "members": {}},
+                             machine, {}, {})
+        bundles = load_bundles(paths, own=own)
     baseline = (config.get("compare") or {}).get("baseline")
     if baseline is not None:
         ids = list(dict.fromkeys([own_machine_id, *(b.machine_id for b in bundles)]))

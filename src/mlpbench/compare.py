@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +62,7 @@ __all__ = [
     "LESSON_MACHINE",
     "MATMUL_KEY",
     "TRAIN_KEY",
+    "compare_from_files",
     "compare_tables",
     "config_differences",
     "empty_tables",
@@ -154,7 +156,9 @@ def _lesson_rows() -> pd.DataFrame:
                                           "gflop_s", "gb_s")},
         "kind": "matmul", "threads": pd.NA, "time_s_median": ref["time_s"],
         "time_s_iqr": math.nan, "intensity_flop_per_byte": ref["flop"] / ref["bytes"],
-        "noisy": False, "status": "ok", "reason": "",
+        "noisy": False, "status": "ok", "reason": "", "bound": "",
+        **dict.fromkeys(("bandwidth_gb_s", "bandwidth_share", "compute_roof_gflop_s",
+                         "compute_share", "ridge_flop_per_byte"), math.nan),  # no roofs
         "note": ref["timer"] + ", " + ref["sync"] + ": " + ref["note"],
     })
 
@@ -184,6 +188,8 @@ def _machine_row(bundle: Any, origin: str, is_baseline: bool) -> dict[str, Any]:
         "gpu_name": gpu.get("name") if gpu.get("available") else None,
         "torch_version": versions.get("torch"), "numpy_version": versions.get("numpy"),
         "git_commit": record.get("git_commit"), "config_hash": record.get("config_hash"),
+        "config_json": json.dumps(measurement_config(bundle.config), sort_keys=True,
+                                  default=str),
         "note": "" if origin == "this run" else (
             f"measured on {bundle.machine_id}, not on this machine"),
     }
@@ -194,7 +200,7 @@ def _lesson_machine_row() -> dict[str, Any]:
         "machine_id": LESSON_MACHINE, "origin": "lesson", "source": "the lesson's slides",
         "is_baseline": False, "created_utc": None, "cpu_model": None, "physical_cores": None,
         "logical_cores": None, "gpu_name": None, "torch_version": None, "numpy_version": None,
-        "git_commit": None, "config_hash": None,
+        "git_commit": None, "config_hash": None, "config_json": None,
         "note": "three %timeit means of the lesson's product only, on unstated hardware; "
                 "the CUDA number was not synchronised and NumPy ran in float64",
     }
@@ -290,6 +296,13 @@ def _agreement(machine: Any, base: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _renamed(bundle: Any, machine_id: str) -> Any:
+    """``bundle`` under another machine_id (a second run of one machine)."""
+    import dataclasses
+
+    return dataclasses.replace(bundle, manifest={**bundle.manifest, "machine_id": machine_id})
+
+
 def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
@@ -313,7 +326,15 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
     if not others:
         return empty_tables()
     machines = [own, *others]
-    by_id = {b.machine_id: b for b in machines}
+    by_id: dict[str, Any] = {}
+    for b in machines:
+        # Two runs on one machine (same id and hardware): the later one is "<id>#2", ...
+        mid, i = b.machine_id, 1
+        while mid in by_id:
+            i += 1
+            mid = f"{b.machine_id}#{i}"
+        by_id[mid] = b if mid == b.machine_id else _renamed(b, mid)
+    machines = list(by_id.values())
     base_id = baseline or own.machine_id
     if base_id not in by_id:
         raise ValueError(f"invalid config at 'compare.baseline': {base_id!r} is not a compared "
@@ -342,7 +363,8 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
     columns = SUMMARY["machines_matmul"].column_names
     for col in SUMMARY["machines_matmul"].columns:
         if col.name not in mm:  # a column an older bundle's matmul table lacks
-            mm[col.name] = math.nan if col.type == contract.F64 else pd.NA
+            mm[col.name] = (math.nan if col.type == contract.F64 else
+                            pd.NA if col.nullable else "")
     order = {m: i for i, m in enumerate([*by_id, LESSON_MACHINE])}
     mm = mm.sort_values(["machine_id", *MATMUL_KEY], key=lambda c: c.map(order)
                         if c.name == "machine_id" else c, kind="stable")
@@ -372,3 +394,22 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
         else contract.empty_frame(SUMMARY["machines_agreement"]))
     # The contract's types (nullable integers, strings) for every table.
     return {name: contract.to_arrow(df, SUMMARY[name]).to_pandas() for name, df in out.items()}
+
+
+def compare_from_files(results: str | os.PathLike, machine_id: str, *,
+                       bundles: Sequence[str | os.PathLike] = (),
+                       reference: Sequence[str | os.PathLike] = (),
+                       baseline: str | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`compare_tables` for this run's ``results`` folder (its machine ``machine_id``)
+    and the bundle files ``bundles`` (the config's ``compare.bundles``) and ``reference``
+    (the shipped ones). Without bundle files, returns :func:`empty_tables` and reads nothing.
+
+    Raises :class:`mlpbench.bundle.BundleError` for a bad bundle (or a damaged own table).
+    """
+    if not bundles and not reference:
+        return empty_tables()
+    from mlpbench.bundle import bundle_from_results, load_bundles
+
+    own = bundle_from_results(results, machine_id)
+    opened = load_bundles([*bundles, *reference], own=own)
+    return compare_tables(own, opened, reference=[str(p) for p in reference], baseline=baseline)

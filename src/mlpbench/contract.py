@@ -562,6 +562,8 @@ SUMMARY: dict[str, Table] = {
             _c("numpy_version", STR, "NumPy version of the run", None, True),
             _c("git_commit", STR, "commit of the code that ran", None, True),
             _c("config_hash", STR, "hash of the run's effective config", None, True),
+            _c("config_json", STR, "the run's measurement config (without compare and "
+                                   "machine_id), as JSON; null for the lesson", None, True),
             _c("note", STR, "what to keep in mind when reading this machine's numbers"),
         )),
         _summary("machines_matmul", "one row per machine x backend x device x dtype x case x "
