@@ -447,7 +447,8 @@ def _open_bytes(data: bytes, source: str) -> Bundle:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         if data.startswith(b"PK\x03\x04"):
-            raise _fail(source, f"a truncated or damaged zip file ({exc})",
+            raise _fail(source, "a truncated or damaged zip file (it starts as a zip, but its "
+                                "table of contents cannot be read)",
                         "copy the file again from its sender") from None
         raise _fail(source, "not a zip file, so not an mlpbench bundle", _RESEND) from None
     with zf:
@@ -566,8 +567,10 @@ def _check_zip(zf: zipfile.ZipFile, source: str) -> Bundle:
             ("hardware", hardware(machine), manifest["hardware"]),
     ):
         if found != expected:
-            raise _fail(source, f"{MACHINE} says {what} {found!r}, the manifest "
-                                f"{expected!r}", _REWRITE)
+            said = (_difference(found, expected) if what == "hardware"
+                    else f"{what} {found!r} vs {expected!r}")
+            raise _fail(source, f"{MACHINE} and the manifest disagree ({MACHINE} vs "
+                                f"manifest: {said})", _REWRITE)
     if config != machine["config"]:
         raise _fail(source, f"{CONFIG} is not the config of {MACHINE}", _REWRITE)
     expected_members = set(_member_paths_checked(config, f"{source}: {CONFIG}", _REWRITE))
