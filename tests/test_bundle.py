@@ -363,6 +363,23 @@ def test_member_larger_than_the_cap(good, monkeypatch):
     assert "more than a bundle member may hold (1024)" in message
 
 
+def test_members_larger_than_the_cap_in_all(good, monkeypatch):
+    monkeypatch.setattr(bundle_module, "MAX_TOTAL_BYTES", 100_000)
+    assert "bytes in all, more than a bundle may hold (100000)" in refusal(good)
+
+
+def test_zip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """A member that inflates far beyond the cap is refused on its declared size."""
+    monkeypatch.setattr(bundle_module, "MAX_MEMBER_BYTES", 2**20)
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", b"{}")
+        zf.writestr("lesson/ops.parquet", bytes(64 * 2**20))
+    assert path.stat().st_size < 2**20
+    assert ("member lesson/ops.parquet declares 67108864 bytes, more than a bundle member may "
+            "hold (1048576)") in refusal(path)
+
+
 def test_missing_file(tmp_path):
     assert "cannot be read" in refusal(tmp_path / "nowhere.zip")
 
