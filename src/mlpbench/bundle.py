@@ -62,6 +62,7 @@ __all__ = [
     "MAX_BUNDLE_BYTES",
     "MAX_MEMBER_BYTES",
     "MAX_MEMBERS",
+    "MAX_TOTAL_BYTES",
     "Bundle",
     "BundleError",
     "bundle_from_results",
@@ -80,10 +81,11 @@ FORMAT = "mlpbench-bundle"
 FORMAT_VERSION = 1
 
 # Limits that keep a hostile or broken file from exhausting memory (a zip bomb): the zip itself,
-# one member's uncompressed size, and the number of members. The default config's bundle is
+# one member's and all members' uncompressed sizes, and the number of members. The default config's bundle is
 # about 3 MB with 50 members.
 MAX_BUNDLE_BYTES = 512 * 2**20
 MAX_MEMBER_BYTES = 256 * 2**20
+MAX_TOTAL_BYTES = 1024 * 2**20
 MAX_MEMBERS = 2000
 
 MANIFEST = "manifest.json"
@@ -259,10 +261,11 @@ def _collect(results: PathLike, machine_id: str) -> tuple[dict[str, bytes], Bund
         table = _contract_of(member)
         try:
             data = path.read_bytes()
-        except OSError:
-            data = None
-        if data is None:
-            raise BundleError(f"{path}: file not found; {table.remedy(path)}")
+        except FileNotFoundError:
+            raise BundleError(f"{path}: file not found; {table.remedy(path)}") from None
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot be read ({exc.strerror or exc}); "
+                              f"{table.remedy(path)}") from None
         try:
             tables[member] = _parse_table(data, table, str(path))
         except contract.ContractError as err:
@@ -339,7 +342,7 @@ def _fail(source: str, problem: str, remedy: str) -> BundleError:
 def _parse_machine(data: bytes, where: str, remedy: str) -> dict[str, Any]:
     try:
         machine = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _fail(where, f"not valid JSON ({exc})", remedy) from None
     if not isinstance(machine, dict):
         raise _fail(where, "not a machine record (a JSON object)", remedy)
@@ -447,7 +450,8 @@ def _open_bytes(data: bytes, source: str) -> Bundle:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         if data.startswith(b"PK\x03\x04"):
-            raise _fail(source, f"a truncated or damaged zip file ({exc})",
+            raise _fail(source, "a truncated or damaged zip file (it starts as a zip, but its "
+                                "table of contents cannot be read)",
                         "copy the file again from its sender") from None
         raise _fail(source, "not a zip file, so not an mlpbench bundle", _RESEND) from None
     with zf:
@@ -458,8 +462,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> byt
     try:
         with zf.open(info) as fh:
             data = fh.read(info.file_size + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-            NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+            NotImplementedError) as exc:  # RuntimeError: an encrypted member
         raise _fail(source, f"member {info.filename} cannot be read, the zip is damaged ({exc})",
                     "copy the file again from its sender") from None
     if len(data) != info.file_size:
@@ -519,6 +523,10 @@ def _check_zip(zf: zipfile.ZipFile, source: str) -> Bundle:
         if info.file_size > MAX_MEMBER_BYTES:
             raise _fail(source, f"member {info.filename} declares {info.file_size} bytes, more "
                                 f"than a bundle member may hold ({MAX_MEMBER_BYTES})", _RESEND)
+    total = sum(info.file_size for info in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise _fail(source, f"members declare {total} bytes in all, more than a bundle may hold "
+                            f"({MAX_TOTAL_BYTES})", _RESEND)
     by_name = {info.filename: info for info in infos}
     # 2. The manifest: a bundle, of a format this mlpbench reads.
     if MANIFEST not in by_name:
@@ -526,7 +534,7 @@ def _check_zip(zf: zipfile.ZipFile, source: str) -> Bundle:
                     _RESEND)
     try:
         manifest = json.loads(_read_member(zf, by_name[MANIFEST], source))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _fail(source, f"{MANIFEST} is not valid JSON ({exc})", _RESEND) from None
     manifest = _check_manifest(manifest, source)
     # 3. Members: exactly those of the manifest, each a known bundle member, none edited.
@@ -557,7 +565,7 @@ def _check_zip(zf: zipfile.ZipFile, source: str) -> Bundle:
     machine = _parse_machine(data[MACHINE], f"{source}: {MACHINE}", _REWRITE)
     try:
         config = yaml.load(data[CONFIG], Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise _fail(source, f"member {CONFIG} is not valid YAML "
                             f"({' '.join(str(exc).split())})", _REWRITE) from None
     for what, found, expected in (
@@ -566,8 +574,10 @@ def _check_zip(zf: zipfile.ZipFile, source: str) -> Bundle:
             ("hardware", hardware(machine), manifest["hardware"]),
     ):
         if found != expected:
-            raise _fail(source, f"{MACHINE} says {what} {found!r}, the manifest "
-                                f"{expected!r}", _REWRITE)
+            said = (_difference(found, expected) if what == "hardware"
+                    else f"{what} {found!r} vs {expected!r}")
+            raise _fail(source, f"{MACHINE} and the manifest disagree ({MACHINE} vs "
+                                f"manifest: {said})", _REWRITE)
     if config != machine["config"]:
         raise _fail(source, f"{CONFIG} is not the config of {MACHINE}", _REWRITE)
     expected_members = set(_member_paths_checked(config, f"{source}: {CONFIG}", _REWRITE))
@@ -623,7 +633,9 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
             unique.append(path)
     # Side by side: parquet decoding and hashing release the GIL. Results come back in the
     # order given, so the first bad bundle in that order is the one reported.
-    workers = max(1, min(len(unique), len(os.sched_getaffinity(0))))
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
+    workers = max(1, min(len(unique), cpus))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         opened = list(pool.map(open_bundle, unique))
     kept: list[Bundle] = []
