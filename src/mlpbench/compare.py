@@ -42,6 +42,7 @@ Same config and seeds give the same weights on every machine (:mod:`mlpbench.ens
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from mlpbench import contract
 from mlpbench.contract import SUMMARY
@@ -133,19 +135,35 @@ def _condition_differences(a: Any, b: Any, dataset: str) -> dict[str, list[Any]]
 # --------------------------------------------------------------------------- one bundle
 
 
-def _frames(bundle: Any, prefix: str, suffix: str, exclude: Sequence[str] = ()) -> pd.DataFrame:
-    parts = [t.to_pandas() for name, t in sorted(bundle.tables.items())
-             if name.startswith(prefix) and name.endswith(suffix)
-             and not any(x in name for x in exclude)]
-    parts = [p for p in parts if len(p)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def _stack(machines: Sequence[Any], table: contract.Table, *, prefix: str, suffix: str,
+           exclude: Sequence[str] = (), columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The bundles' tables whose names match, stacked as Arrow (declared types) with a
+    ``machine_id`` column, converted to pandas once: a per-table conversion costs more than
+    the rows do when a hundred machines are compared."""
+    names = list(columns or table.column_names)
+    schema = pa.schema([table.schema().field(n) for n in names])
+    parts = []
+    for bundle in machines:
+        for name in sorted(bundle.tables):
+            if not (name.startswith(prefix) and name.endswith(suffix)) or any(
+                    x in name for x in exclude):
+                continue
+            t = bundle.tables[name]
+            if t.num_rows:
+                t = t.select(names).cast(schema)
+                parts.append(t.append_column("machine_id", pa.array(
+                    [bundle.machine_id] * t.num_rows, pa.string())))
+    if not parts:
+        return pd.DataFrame(columns=[*names, "machine_id"])
+    return pa.concat_tables(parts).to_pandas()
 
 
-def _matmul_rows(bundle: Any) -> pd.DataFrame:
-    df = _frames(bundle, "matmul/", ".parquet", exclude=(".environment.", ".samples."))
-    if df.empty:
-        return df
-    return df[df["kind"] == "matmul"].assign(machine_id=bundle.machine_id, note="")
+def _matmul_rows(machines: Sequence[Any]) -> pd.DataFrame:
+    names = [c for c in contract.MATMUL.column_names if c in set(
+        SUMMARY["machines_matmul"].column_names)]
+    df = _stack(machines, contract.MATMUL, prefix="matmul/", suffix=".parquet",
+                exclude=(".environment.", ".samples."), columns=names)
+    return df[df["kind"] == "matmul"].assign(note="")
 
 
 def _lesson_rows() -> pd.DataFrame:
@@ -163,17 +181,20 @@ def _lesson_rows() -> pd.DataFrame:
     })
 
 
-def _timing_rows(bundle: Any) -> pd.DataFrame:
-    df = _frames(bundle, "train/", "/timings.parquet")
-    return df.assign(machine_id=bundle.machine_id) if len(df) else df
+def _timing_rows(machines: Sequence[Any]) -> pd.DataFrame:
+    names = [c for c in SUMMARY["machines_epoch_time"].column_names
+             if c in contract.TRAIN["timings"].column_names]
+    return _stack(machines, contract.TRAIN["timings"], prefix="train/",
+                  suffix="/timings.parquet", columns=names)
 
 
-def _metric_rows(bundle: Any, dataset: str, device: str) -> pd.DataFrame:
-    t = bundle.table(f"train/{dataset}/{device}/metrics.parquet")
-    if t is None:
-        return pd.DataFrame()
-    df = t.to_pandas()
-    return df[df["status"] == "ok"]
+_METRIC_COLUMNS = ["dataset", "device", *MEMBER_KEY, *METRICS, "status"]
+
+
+def _metric_rows(machines: Sequence[Any]) -> pd.DataFrame:
+    df = _stack(machines, contract.TRAIN["metrics"], prefix="train/",
+                suffix="/metrics.parquet", columns=_METRIC_COLUMNS)
+    return df[df["status"] == "ok"].drop(columns="status")
 
 
 def _machine_row(bundle: Any, origin: str, is_baseline: bool) -> dict[str, Any]:
@@ -225,75 +246,104 @@ def _matmul_usable(df: pd.DataFrame) -> pd.Series:
 # --------------------------------------------------------------------------- agreement
 
 
-def _tolerance(device: str, metric: str, n_points: int | None) -> tuple[str, Any]:
+def _tolerance(device: str, metric: str, n_points: int | None) -> str:
+    """The tolerance of one comparison, in words."""
     if device == "cpu":
-        return "bit-identical (CPU)", None
+        return "bit-identical (CPU)"
     if metric == "loss":
-        return f"relative {CUDA_LOSS_RTOL:g} (CUDA)", None
+        return f"relative {CUDA_LOSS_RTOL:g} (CUDA)"
     if n_points:
-        return f"{CUDA_ACC_POINTS} of {n_points} points (CUDA)", CUDA_ACC_POINTS / n_points
-    return "bit-identical (CUDA, the set's size unknown)", None
+        return f"{CUDA_ACC_POINTS} of {n_points} points (CUDA)"
+    return "bit-identical (CUDA, the set's size unknown)"
+
+
+@functools.lru_cache(maxsize=None)
+def _split_sizes(dataset: str, experiment_json: str) -> tuple[int, int] | None:
+    from mlpbench import data  # the registry (no torch at import)
+
+    try:
+        return data.split_sizes(dataset, json.loads(experiment_json))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _points(dataset: str, config: Mapping[str, Any] | None, metric: str) -> int | None:
-    from mlpbench import data  # the registry (no torch at import)
-
+    """Training or test points of ``dataset`` under ``config`` (None when not registered)."""
     exp = (((config or {}).get("train") or {}).get("experiments") or {}).get(dataset)
-    try:
-        n_train, n_test = data.split_sizes(dataset, exp)
-    except (KeyError, TypeError, ValueError):
+    sizes = _split_sizes(dataset, json.dumps(exp, sort_keys=True, default=str))
+    if sizes is None:
         return None
-    return n_train if metric == "train_acc" else n_test
+    return sizes[0] if metric == "train_acc" else sizes[1]
 
 
-def _agreement(machine: Any, base: Any) -> list[dict[str, Any]]:
+def _agreement(machines: Sequence[Any], base: Any) -> pd.DataFrame:
+    """One row per other machine x data set x device x metric (see the module docstring)."""
+    metrics = _metric_rows(machines)
+    columns = SUMMARY["machines_agreement"].column_names
+    mine = metrics[metrics["machine_id"] != base.machine_id]
+    theirs = metrics[metrics["machine_id"] == base.machine_id].drop(columns="machine_id")
+    if mine.empty or theirs.empty:
+        return pd.DataFrame(columns=columns)
+    # Only data sets and devices both trained (a device unavailable on either: nothing to say).
+    pairs = mine[["machine_id", "dataset", "device"]].drop_duplicates()
+    pairs = pairs.merge(theirs[["dataset", "device"]].drop_duplicates(), on=["dataset", "device"])
+    by_id = {b.machine_id: b for b in machines}
+    differ = {(m, d): _condition_differences(by_id[m], base, d)
+              for m, d in pairs[["machine_id", "dataset"]].drop_duplicates().itertuples(
+                  index=False)}
+    alike = [not differ[(m, d)] for m, d in zip(pairs["machine_id"], pairs["dataset"])]
+    keys = ["dataset", "device", *MEMBER_KEY]
+    common = mine.merge(pairs[alike], on=["machine_id", "dataset", "device"]).merge(
+        theirs, on=keys, suffixes=("", "_base"))
+    group = ["machine_id", "dataset", "device"]
     rows = []
-    datasets = sorted({name.split("/")[1] for name in (*machine.tables, *base.tables)
-                       if name.startswith("train/") and name.endswith("/metrics.parquet")})
-    for dataset in datasets:
-        for device in ("cpu", "cuda"):
-            a, b = _metric_rows(machine, dataset, device), _metric_rows(base, dataset, device)
-            if a.empty or b.empty:
-                continue  # not trained, or the device unavailable on one of them: nothing to say
-            differ = _condition_differences(machine, base, dataset)
-            common = (pd.DataFrame() if differ else
-                      a.merge(b, on=MEMBER_KEY, suffixes=("", "_base")))
-            for metric in METRICS:
-                tol_text, atol = _tolerance(device, metric, _points(dataset, base.config, metric))
-                row = {"machine_id": machine.machine_id, "baseline_machine_id": base.machine_id,
-                       "dataset": dataset, "device": device, "metric": metric,
-                       "n_compared": 0, "n_differ": 0, "max_abs_diff": math.nan,
-                       "tolerance": tol_text, "verdict": "not_compared", "reason": "",
-                       "worst_json": "{}"}
-                if differ:
-                    row["reason"] = "; ".join(f"{k} differs: {json.dumps(v[0], default=str)} "
-                                              f"vs {json.dumps(v[1], default=str)}"
-                                              for k, v in differ.items())
-                elif common.empty:
-                    row["reason"] = "no member and checkpoint is ok on both"
-                else:
-                    x = common[metric].to_numpy(dtype=float)
-                    y = common[f"{metric}_base"].to_numpy(dtype=float)
-                    diff = np.abs(x - y)
-                    if device == "cpu":
-                        bad = x != y
-                    elif metric == "loss":
-                        bad = diff > CUDA_LOSS_RTOL * np.maximum(np.abs(x), np.abs(y))
-                    else:
-                        bad = diff > (atol if atol is not None else 0.0) + 1e-12
-                    worst = int(np.argmax(diff))
-                    w = common.iloc[worst]
-                    row.update(
-                        n_compared=len(common), n_differ=int(bad.sum()),
-                        max_abs_diff=float(diff.max()),
-                        verdict=("differs" if bad.any() else
-                                 "identical" if diff.max() == 0 else "within_tolerance"),
-                        worst_json=json.dumps({**{k: _plain(w[k]) for k in MEMBER_KEY},
-                                               machine.machine_id: float(x[worst]),
-                                               base.machine_id: float(y[worst])},
-                                              sort_keys=True))
-                rows.append(row)
-    return rows
+    for metric in METRICS:
+        x = common[metric].to_numpy(dtype=float)
+        y = common[f"{metric}_base"].to_numpy(dtype=float)
+        diff = np.abs(x - y)
+        cpu = (common["device"] == "cpu").to_numpy()
+        if metric == "loss":
+            limit = np.where(cpu, 0.0, CUDA_LOSS_RTOL * np.maximum(np.abs(x), np.abs(y)))
+        else:
+            sizes = {d: _points(d, base.config, metric) or 0 for d in set(common["dataset"])}
+            points = common["dataset"].map(sizes).to_numpy(dtype=float)
+            share = np.where(points > 0, CUDA_ACC_POINTS / np.maximum(points, 1), 0.0)
+            limit = np.where(cpu, 0.0, share + 1e-12)
+        frame = common[group].assign(_diff=diff, _bad=np.where(cpu, x != y, diff > limit))
+        stats = frame.groupby(group, sort=False).agg(
+            n_compared=("_diff", "size"), n_differ=("_bad", "sum"),
+            max_abs_diff=("_diff", "max"), worst=("_diff", "idxmax")).reset_index()
+        found = {tuple(r[:3]): r for r in stats.itertuples(index=False)}
+        for (mid, dataset, device), ok in zip(pairs[group].itertuples(index=False), alike):
+            n_points = _points(dataset, base.config, metric)
+            row = {"machine_id": mid, "baseline_machine_id": base.machine_id,
+                   "dataset": dataset, "device": device, "metric": metric, "n_compared": 0,
+                   "n_differ": 0, "max_abs_diff": math.nan,
+                   "tolerance": _tolerance(device, metric, n_points),
+                   "verdict": "not_compared", "reason": "", "worst_json": "{}"}
+            st = found.get((mid, dataset, device))
+            if not ok:
+                row["reason"] = "; ".join(
+                    f"{k} differs: {json.dumps(v[0], default=str)} vs "
+                    f"{json.dumps(v[1], default=str)}" for k, v in differ[(mid, dataset)].items())
+            elif st is None:
+                row["reason"] = "no member and checkpoint is ok on both"
+            else:
+                w = common.loc[st.worst]
+                row.update(n_compared=int(st.n_compared), n_differ=int(st.n_differ),
+                           max_abs_diff=float(st.max_abs_diff),
+                           verdict=("differs" if st.n_differ else "identical"
+                                    if st.max_abs_diff == 0 else "within_tolerance"),
+                           worst_json=json.dumps(
+                               {**{k: _plain(w[k]) for k in MEMBER_KEY},
+                                mid: float(w[metric]), base.machine_id: float(w[f"{metric}_base"])},
+                               sort_keys=True))
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    order = {m: i for i, m in enumerate(by_id)}
+    return out.sort_values(["machine_id", "dataset", "device"],
+                           key=lambda c: c.map(order) if c.name == "machine_id" else c,
+                           kind="stable").reset_index(drop=True)
 
 
 def _renamed(bundle: Any, machine_id: str) -> Any:
@@ -353,7 +403,7 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
         + [_lesson_machine_row()], columns=SUMMARY["machines"].column_names)
 
     # Products: each machine's own rows (its own roofs), the lesson's slides as a machine.
-    mm = pd.concat([*(_matmul_rows(b) for b in machines), _lesson_rows()], ignore_index=True)
+    mm = pd.concat([_matmul_rows(machines), _lesson_rows()], ignore_index=True)
     usable = _matmul_usable(mm)
     base_rows = mm[(mm["machine_id"] == base_id) & usable]
     mm["speedup_vs_baseline"] = _speedup(mm, base_rows, MATMUL_KEY, "time_s_median", usable)
@@ -362,7 +412,7 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
     mm["speedup_vs_lesson"] = vs_lesson.where(mm["machine_id"] != LESSON_MACHINE)
     columns = SUMMARY["machines_matmul"].column_names
     for col in SUMMARY["machines_matmul"].columns:
-        if col.name not in mm:  # a column an older bundle's matmul table lacks
+        if col.name not in mm:  # the lesson's note and the speed-ups come after
             mm[col.name] = (math.nan if col.type == contract.F64 else
                             pd.NA if col.nullable else "")
     order = {m: i for i, m in enumerate([*by_id, LESSON_MACHINE])}
@@ -372,7 +422,7 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
 
     # Epoch times: like with like only (same data, threads, momentum, batch size as the
     # baseline); others keep their rows, without a speed-up.
-    et = pd.concat([_timing_rows(b) for b in machines], ignore_index=True)
+    et = _timing_rows(machines)
     columns = SUMMARY["machines_epoch_time"].column_names
     if et.empty:
         out["machines_epoch_time"] = contract.empty_frame(SUMMARY["machines_epoch_time"])
@@ -388,10 +438,9 @@ def compare_tables(own: Any, bundles: Sequence[Any], *, reference: Collection[st
                             if c.name == "machine_id" else c, kind="stable")
         out["machines_epoch_time"] = et[columns].reset_index(drop=True)
 
-    agreement = [row for b in machines if b is not base for row in _agreement(b, base)]
-    out["machines_agreement"] = (pd.DataFrame(agreement, columns=SUMMARY[
-        "machines_agreement"].column_names) if agreement
-        else contract.empty_frame(SUMMARY["machines_agreement"]))
+    agreement = _agreement(machines, base)
+    out["machines_agreement"] = (agreement if len(agreement)
+                                 else contract.empty_frame(SUMMARY["machines_agreement"]))
     # The contract's types (nullable integers, strings) for every table.
     return {name: contract.to_arrow(df, SUMMARY[name]).to_pandas() for name, df in out.items()}
 

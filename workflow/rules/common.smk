@@ -147,7 +147,7 @@ def figure_files():
 
 
 def compare_files():
-    """Bundles of other machines the aggregate rule reads: the user's, then the shipped ones."""
+    """Other machines' bundles for the aggregate job (the user's, then the shipped ones)."""
     return {"bundles": COMPARE.bundles, "reference": COMPARE.reference}
 
 
