@@ -699,17 +699,21 @@ MACHINES_SHOWN = 12  # bars per panel; the other machines are in the report's ta
 def _machine_bars(ax, values: pd.Series, labels: Mapping[str, str], colour: str,
                   highlight: set[str], lesson: str | None, title: str) -> None:
     """Horizontal bars of ``values`` (machine_id -> seconds), fastest first, at most
-    MACHINES_SHOWN of them (the rest counted in the panel); ``lesson`` hatched."""
+    MACHINES_SHOWN of them (the rest counted in the panel), ``highlight`` (this run and the
+    baseline) always among them and drawn bold; ``lesson`` hatched."""
     values = values[np.isfinite(values.astype(float)) & (values > 0)].sort_values()
     ax.set_title(title)
     if values.empty:
         _empty(ax, "no timing on any machine")
         return
     shown = values.iloc[:MACHINES_SHOWN]
+    # This run and the baseline are always shown, after the fastest if they are not among them.
+    extra = [m for m in values.index[MACHINES_SHOWN:] if m in highlight]
+    shown = pd.concat([values.iloc[:MACHINES_SHOWN - len(extra)], values[extra]])
     y = np.arange(len(shown))[::-1]
     for yi, (mid, t) in zip(y, shown.items()):
         hatched = mid == lesson
-        strong = mid in highlight
+        strong = mid in highlight and mid != lesson
         ax.barh(yi, t * 1e3, color=to_rgba(colour, 0.35 if hatched else 0.9 if strong else 0.55),
                 edgecolor=colour, hatch="//" if hatched else None,
                 linewidth=2.0 if strong else 1.0)
@@ -720,7 +724,7 @@ def _machine_bars(ax, values: pd.Series, labels: Mapping[str, str], colour: str,
     ax.set_xlim(shown.min() * 1e3 / 3, shown.max() * 1e3 * 5)
     ax.grid(axis="y", visible=False)
     if len(values) > len(shown):
-        ax.text(0.99, 0.01, f"+{len(values) - len(shown)} slower machines in the tables",
+        ax.text(0.99, 0.01, f"+{len(values) - len(shown)} more machines in the tables",
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="#555555")
 
 
@@ -739,7 +743,8 @@ def fig_machines(tables: Tables) -> Figure:
                   else m + " ★" if b else m)
               for m, o, b in zip(machines["machine_id"], machines["origin"],
                                  machines["is_baseline"])}
-    own = set(machines.loc[machines["origin"] == "this run", "machine_id"])
+    own = set(machines.loc[(machines["origin"] == "this run") | machines["is_baseline"],
+                           "machine_id"])
     lesson_id = next(iter(machines.loc[machines["origin"] == "lesson", "machine_id"]), None)
     ok = mm[(mm["case"] == "lesson") & (mm["status"] == "ok") & ~mm["noisy"].astype(bool)]
     panels: list[tuple[str, pd.Series, str]] = []
@@ -769,7 +774,7 @@ def fig_machines(tables: Tables) -> Figure:
         _machine_bars(ax, values, labels, colour, own, lesson_id, textwrap.fill(title, 60))
     if not panels:
         _empty(axes[0, 0], "No timing that two machines share.")
-    fig.supxlabel("time (ms, log scale); bold: this run, ★ the baseline, hatched: the "
+    fig.supxlabel("time (ms, log scale); bold: this run and the baseline (★), hatched: the "
                   "lesson's slides (%timeit, not synchronised on CUDA)", fontsize=9.5)
     fig.suptitle(f"{(machines['origin'] != 'lesson').sum()} machines: the lesson's product "
                  f"and the training time per epoch, fastest first")

@@ -1274,6 +1274,8 @@ class MachinePassages:
     findings of section ``machines``. ``present`` is False with a single measured machine;
     the report then leaves the section out."""
 
+    SHOWN = 10  # machines named in one sentence; the findings table has every one
+
     def __init__(self, tables: Mapping[str, pd.DataFrame]):
         empty = pd.DataFrame(columns=["machine_id", "origin"])
         self.machines = tables.get("machines", empty)
@@ -1409,14 +1411,17 @@ class MachinePassages:
             out.append("Fastest machine for the lesson's product, per series: "
                        + "; ".join(items) + ".")
         words = {"faster": "faster than", "slower": "slower than", "similar": "about as fast as"}
-        speed = self.find("machine_speedup")
+        speed = sorted(self.find("machine_speedup"), key=lambda f: -f["ev"]["speedup"])
         if speed:
             items = [f"`{f['ev']['machine_id']}` is {words[f['verdict']]} `{self.baseline}` "
                      f"({fmt_time(f['value'])} with {f['ev']['machine_series']} against "
                      f"{fmt_time(f['reference_value'])} with {f['ev']['baseline_series']}, "
-                     f"{times(f['ev']['speedup'])})" for f in speed]
-            out.append("Each machine's fastest float32 lesson product: " + "; ".join(items)
-                       + ".")
+                     f"{times(f['ev']['speedup'])})" for f in speed[:self.SHOWN]]
+            more = len(speed) - self.SHOWN
+            out.append("Each machine's fastest float32 lesson product, fastest first: "
+                       + "; ".join(items)
+                       + (f"; and {plural(more, 'more machine')} (`machine_speedup` in "
+                          f"`tables/findings.csv`)." if more > 0 else "."))
         return out
 
     def epoch_table(self) -> pd.DataFrame:
@@ -1472,7 +1477,12 @@ class MachinePassages:
 
     def config_notes(self) -> list[str]:
         out = []
-        for f in self.find("machine_config"):
+        found = self.find("machine_config")
+        if len(found) > self.SHOWN:
+            out.append(f"{plural(len(found), 'machine')} ran another config than "
+                       f"`{self.baseline}` (`machine_config` in `tables/findings.csv` lists the "
+                       f"keys); the first {self.SHOWN}:")
+        for f in found[:self.SHOWN]:
             keys = f["ev"]["keys"]
             shown = "; ".join(f"`{k}` {json.dumps(v[0])} vs {json.dumps(v[1])}"
                               for k, v in list(keys.items())[:8])
