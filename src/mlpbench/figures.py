@@ -724,8 +724,8 @@ def _machine_bars(ax, values: pd.Series, labels: Mapping[str, str], colour: str,
     ax.set_xlim(shown.min() * 1e3 / 3, shown.max() * 1e3 * 5)
     ax.grid(axis="y", visible=False)
     if len(values) > len(shown):
-        ax.text(0.99, 0.01, f"+{len(values) - len(shown)} more machines in the tables",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="#555555")
+        ax.set_title(f"{title}\n{len(shown)} of {len(values)} shown, the rest in the tables",
+                     fontsize=10)
 
 
 def fig_machines(tables: Tables) -> Figure:
@@ -740,7 +740,7 @@ def fig_machines(tables: Tables) -> Figure:
         _empty(axes[0, 0], "One machine: nothing to compare (config compare:).")
         return fig
     labels = {m: (f"{m} (this run)" if o == "this run" else "lesson (slides)" if o == "lesson"
-                  else m + " ★" if b else m)
+                  else m) + (" ★" if b else "")
               for m, o, b in zip(machines["machine_id"], machines["origin"],
                                  machines["is_baseline"])}
     own = set(machines.loc[(machines["origin"] == "this run") | machines["is_baseline"],

@@ -1301,7 +1301,10 @@ class MachinePassages:
 
     def intro(self) -> str:
         others = self.measured[self.measured["origin"] != "this run"]
-        kinds = ", ".join(f"`{m}` ({o})" for m, o in zip(others["machine_id"], others["origin"]))
+        kinds = ", ".join(f"`{m}` ({o})" for m, o in zip(others["machine_id"][:self.SHOWN],
+                                                         others["origin"][:self.SHOWN]))
+        if len(others) > self.SHOWN:
+            kinds += f" and {len(others) - self.SHOWN} more"
         return (f"This run is compared with {plural(len(others), 'other machine')}: {kinds}, "
                 f"and with the lesson's slides as a machine of their own. Every number of "
                 f"another machine is that machine's own measurement, with its hardware, "
@@ -1414,8 +1417,9 @@ class MachinePassages:
         speed = sorted(self.find("machine_speedup"), key=lambda f: -f["ev"]["speedup"])
         if speed:
             items = [f"`{f['ev']['machine_id']}` is {words[f['verdict']]} `{self.baseline}` "
-                     f"({fmt_time(f['value'])} with {f['ev']['machine_series']} against "
-                     f"{fmt_time(f['reference_value'])} with {f['ev']['baseline_series']}, "
+                     f"({fmt_time(f['value'])} with {series_label(**f['ev']['machine_series'])} "
+                     f"against {fmt_time(f['reference_value'])} with "
+                     f"{series_label(**f['ev']['baseline_series'])}, "
                      f"{times(f['ev']['speedup'])})" for f in speed[:self.SHOWN]]
             more = len(speed) - self.SHOWN
             out.append("Each machine's fastest float32 lesson product, fastest first: "
