@@ -484,3 +484,15 @@ def test_two_runs_of_one_machine_are_both_kept(bundles):
 def test_baseline_not_compared_is_refused(bundles):
     with pytest.raises(ValueError, match="compare.baseline"):
         compare.compare_tables(bundles["own"], [bundles["laptop"]], baseline="nobody")
+
+
+def test_shipped_reference_bundles_are_labelled_as_such(compared):
+    work = compared["work"]
+    gpu = work / "shared" / "gpu-box.zip"
+    tables = compare.compare_from_files(work / "results", OWN, bundles=[work / "shared" /
+                                                                        "laptop-b.zip"],
+                                        reference=[gpu], baseline="gpu-box")
+    m = tables["machines"].set_index("machine_id")
+    assert m.loc["gpu-box", "origin"] == "reference" and m.loc["gpu-box", "is_baseline"]
+    assert m.loc["laptop-b", "origin"] == "bundle"
+    assert set(tables["machines_agreement"]["baseline_machine_id"]) == {"gpu-box"}
