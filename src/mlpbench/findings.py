@@ -6,7 +6,8 @@ returns one row per conclusion. The report turns rows into sentences; it decides
 Columns (``FINDINGS_COLUMNS``)
 ------------------------------
 finding          id of the rule (see ``RULES``), e.g. ``axis_effect``
-section          ``matmul``, ``training``, ``lesson`` or ``machine``
+section          ``matmul``, ``training``, ``lesson``, ``machine``, or ``machines`` (the comparison
+                 with other machines' bundles: :func:`machine_findings`)
 dataset, device  what the finding is about (None where it does not apply)
 subject          what is judged, in words, e.g. ``"width 8 vs baseline (test_acc)"``
 verdict          a short machine-readable word, e.g. ``better``, ``within_seed_noise``
