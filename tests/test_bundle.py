@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -453,6 +455,14 @@ def test_load_refuses_the_whole_set_on_one_bad_bundle(good, tmp_path):
     bad.write_text("not a bundle")
     with pytest.raises(BundleError, match=rf"^{bad}: not a zip file"):
         load_bundles([good, bad])
+
+
+def test_reading_bundles_imports_neither_torch_nor_pandas():
+    """The workflow imports mlpbench.bundle while it builds the DAG."""
+    code = ("import sys, mlpbench.bundle; "
+            "print(sorted(m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- the workflow
