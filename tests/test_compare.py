@@ -123,6 +123,7 @@ def html_text(path: Path) -> str:
     from bs4 import BeautifulSoup
 
     text = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser").get_text(" ")
+    text = text.replace("\u2019", "'")  # Quarto's typographic apostrophes
     return re.sub(r"\s+([,.;:)])", r"\1", re.sub(r"\s+", " ", text))
 
 
