@@ -24,6 +24,13 @@ where it says number, and does not check again.
 Every refusal is a :class:`mlpbench.config.ConfigError` with one line in the style of
 :func:`mlpbench.config.explain`: the key, the value and what is allowed.
 
+The other machines of ``compare:`` are checked by two more calls, also before any job:
+:func:`compare_sources` expands ``compare.bundles`` (a pattern that matches no file is refused)
+and finds the shipped ``reference/*.zip``; :func:`check_compare` opens and verifies every bundle
+in memory (:func:`mlpbench.bundle.load_bundles`: a bad bundle is refused with its one-line
+:class:`mlpbench.bundle.BundleError`) and checks ``compare.baseline``. Without bundles neither
+reads a file nor imports the bundle module.
+
 This module is imported when Snakemake parses the workflow, on every call: it imports neither
 torch nor NumPy nor pandas.
 """
