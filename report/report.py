@@ -277,6 +277,22 @@ show(S.epoch_time_table())
 #| echo: false
 show(L.code("epoch_time"))
 
+# %%
+#| echo: false
+# Other machines (config `compare:`): shown only when more than one machine was measured.
+from mlpbench.narrative import MachinePassages
+
+M = MachinePassages(S.t)
+if M.present:
+    show("## Machines", M.intro(), M.machines_table(), "★ the baseline of every speed-up.",
+         *M.config_notes(),
+         "### The lesson's product on every machine", M.unavailable(),
+         M.lesson_table(), M.lesson_caveat(), *M.speedup_sentences())
+    figure("machines")
+    show("### Square and matrix-vector products", M.sweeps_table(),
+         "### Training time per epoch", M.epoch_table(),
+         "### Do losses and accuracies agree?", *M.agreement_answer())
+
 # %% [markdown]
 # ## Method
 

@@ -24,16 +24,25 @@ where it says number, and does not check again.
 Every refusal is a :class:`mlpbench.config.ConfigError` with one line in the style of
 :func:`mlpbench.config.explain`: the key, the value and what is allowed.
 
+The other machines of ``compare:`` are checked by two more calls, also before any job:
+:func:`compare_sources` expands ``compare.bundles`` (a pattern that matches no file is refused)
+and finds the shipped ``reference/*.zip``; :func:`check_compare` opens and verifies every bundle
+in memory (:func:`mlpbench.bundle.load_bundles`: a bad bundle is refused with its one-line
+:class:`mlpbench.bundle.BundleError`) and checks ``compare.baseline``. Without bundles neither
+reads a file nor imports the bundle module.
+
 This module is imported when Snakemake parses the workflow, on every call: it imports neither
 torch nor NumPy nor pandas.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import data
@@ -41,8 +50,11 @@ from .config import ConfigError, invalid, key_path, number_bounds, resolve
 from .grid import AXES, plan_shapes, resolve_seeds
 
 __all__ = [
+    "CompareSources",
     "MemoryPart",
+    "check_compare",
     "check_config",
+    "compare_sources",
     "machine_memory",
     "matmul_parts",
     "training_parts",
@@ -367,3 +379,87 @@ def _check_sizes(config: Mapping[str, Any], schema: dict, memory: int) -> None:
                     f"({detail}), more than {have}",
                     f"a job that fits in {_size(memory)}: fewer seeds, learning rates, shapes "
                     "or epochs, fewer points, or a smaller train.decision_grid.resolution")
+
+
+# -------------------------------------------------------------------------------------------
+# 5: the other machines of `compare:` (bundles found, opened and checked at parse time)
+
+REFERENCE_GLOB = "reference/*.zip"  # the bundles shipped with the project
+
+
+class CompareSources(NamedTuple):
+    """The bundle files of ``compare:``: ``bundles`` (the user's, from ``compare.bundles``)
+    and ``reference`` (the shipped ones, when ``compare.reference``), each sorted, relative
+    to the root as given, with no file in both."""
+
+    bundles: list[str]
+    reference: list[str]
+
+
+def compare_sources(config: Mapping[str, Any], root: str | os.PathLike = ".") -> CompareSources:
+    """Expand ``compare.bundles`` (paths or globs; ``**`` crosses folders) under ``root``.
+
+    Raises ``ConfigError`` naming the key, the pattern and what is allowed when a pattern
+    matches no file (a typo would otherwise silently compare nothing). Reads no bundle.
+    """
+    cfg = config.get("compare") or {}
+    root = Path(root)
+    found: list[str] = []
+    for i, pattern in enumerate(cfg.get("bundles", [])):
+        matches = sorted(
+            os.path.relpath(p, root) if not os.path.isabs(pattern) else p
+            for p in glob.glob(str(root / pattern), recursive=True)
+            if os.path.isfile(p))
+        if not matches:
+            raise _refuse(["compare", "bundles", i], pattern,
+                          "no file matches it", "paths or glob patterns of existing bundle "
+                          "files (results/bundles/<machine_id>.zip written by `snakemake "
+                          "bundle`), relative to the repository root")
+        found += [m for m in matches if m not in found]
+    reference: list[str] = []
+    if cfg.get("reference", True):
+        reference = sorted(os.path.relpath(p, root)
+                           for p in glob.glob(str(root / REFERENCE_GLOB)) if os.path.isfile(p))
+        reference = [r for r in reference
+                     if os.path.realpath(root / r) not in
+                     {os.path.realpath(root / f) for f in found}]
+    return CompareSources(found, reference)
+
+
+def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machine_id: str,
+                  root: str | os.PathLike = ".") -> list[Any]:
+    """Open and verify every bundle of ``sources`` (in memory) and check ``compare.baseline``.
+
+    Returns the opened :class:`mlpbench.bundle.Bundle` objects (empty, and nothing imported,
+    when there are none). Raises :class:`mlpbench.bundle.BundleError` (one line naming the
+    file and the problem) for the first bad bundle, so nothing from a refused set is used and
+    no job runs; ``ConfigError`` when ``compare.baseline`` is neither this run's machine_id
+    nor that of a compared bundle.
+    """
+    paths = [Path(root) / p for p in (*sources.bundles, *sources.reference)]
+    bundles: list[Any] = []
+    if paths:
+        from .bundle import Bundle, hardware, load_bundles  # only when there is something
+
+        # This run's machine record, where an earlier run wrote it: a bundle that claims this
+        # machine_id with other hardware is refused now, not in the aggregate job.
+        own = None
+        record = Path(root) / "results" / "machine" / f"{own_machine_id}.json"
+        if record.is_file():
+            try:
+                machine = json.loads(record.read_text())
+            except (OSError, ValueError):
+                machine = None  # the machine rule writes it again; the aggregate job checks
+            if isinstance(machine, dict):
+                own = Bundle(str(record), {"machine_id": own_machine_id,
+                                           "hardware": hardware(machine), "members": {}},
+                             machine, {}, {})
+        bundles = load_bundles(paths, own=own)
+    baseline = (config.get("compare") or {}).get("baseline")
+    if baseline is not None:
+        ids = list(dict.fromkeys([own_machine_id, *(b.machine_id for b in bundles)]))
+        if baseline not in ids:
+            raise _refuse(["compare", "baseline"], baseline,
+                          "no compared machine has this machine_id",
+                          f"null (this run) or one of {', '.join(map(_show, ids))}")
+    return bundles

@@ -49,6 +49,7 @@ __all__ = [
     "MATMUL_SAMPLES",
     "LESSON",
     "LESSON_TABLES",
+    "MACHINE_FIGURES",
     "SUMMARY",
     "SUMMARY_TABLES",
     "TRAIN",
@@ -546,6 +547,78 @@ SUMMARY: dict[str, Table] = {
             _c("rule", STR, "the rule applied, in words"),
             _c("evidence", STR, "JSON of the rows and values the finding rests on"),
         )),
+        # Machines as a dimension (mlpbench.compare): empty unless other machines' bundles
+        # are compared (config `compare:`).
+        _summary("machines", "one row per compared machine: this run, each bundle, and the "
+                             "lesson's slides (machine_id lesson)", (
+            _c("machine_id", STR, "the machine's id (lesson for the lesson's slides)"),
+            _c("origin", STR, "this run, bundle (compare.bundles), reference (shipped with "
+                              "the project) or lesson (the slides' %timeit numbers)"),
+            _c("source", STR, "the bundle file, the results folder, or the lesson"),
+            _c("is_baseline", BOOL, "the machine speed-ups and agreement are measured against"),
+            _c("created_utc", STR, "when the machine's record was written (ISO 8601, UTC)",
+               None, True),
+            _c("cpu_model", STR, "CPU model name", None, True),
+            _c("physical_cores", I64, "physical CPU cores", "1", True),
+            _c("logical_cores", I64, "logical CPUs", "1", True),
+            _c("gpu_name", STR, "name of CUDA device 0 (null without one)", None, True),
+            _c("torch_version", STR, "torch version of the run", None, True),
+            _c("numpy_version", STR, "NumPy version of the run", None, True),
+            _c("git_commit", STR, "commit of the code that ran", None, True),
+            _c("config_hash", STR, "hash of the run's effective config", None, True),
+            _c("config_json", STR, "the run's measurement config (without compare and "
+                                   "machine_id), as JSON; null for the lesson", None, True),
+            _c("note", STR, "what to keep in mind when reading this machine's numbers"),
+        )),
+        _summary("machines_matmul", "one row per machine x backend x device x dtype x case x "
+                                    "shape (kind matmul; the lesson's slides as machine "
+                                    "lesson)", (
+            _c("machine_id", STR, "the machine (see the machines table)"),
+            *_MATMUL_KEY[1:],
+            _c("threads", I64, "CPU threads of the timing (null for the lesson's slides)", "1",
+               True),
+            *(c for c in _MATMUL_COLUMNS if c.name in (
+                "time_s_median", "time_s_iqr", "gflop_s", "gb_s", "intensity_flop_per_byte",
+                "bandwidth_gb_s", "bandwidth_share", "compute_roof_gflop_s", "compute_share",
+                "ridge_flop_per_byte", "bound")),
+            _c("noisy", BOOL, "disturbed in every attempt (kept, used for no conclusion)"),
+            _STATUS, _REASON,
+            _c("note", STR, "caveat of the number (the lesson's timing method); empty for "
+                            "measured rows"),
+            _c("speedup_vs_baseline", F64, "the baseline machine's time for the same backend, "
+                                           "device, dtype, case, kind and shape / this row's "
+                                           "(NaN where either is missing, not ok or noisy)",
+               "1", True),
+            _c("speedup_vs_lesson", F64, "the lesson's time for the same backend, device and "
+                                         "dtype / this row's (lesson case only)", "1", True),
+        )),
+        _summary("machines_epoch_time", "one row per machine x dataset x device x shape x "
+                                        "method (the timings tables of every machine)", (
+            _c("machine_id", STR, "the machine (see the machines table)"),
+            *(c for c in _TIMINGS_COLUMNS if c.name not in ("host", "n_windows",
+                                                            "epochs_per_window",
+                                                            "epochs_trained", "time_s",
+                                                            "time_per_epoch_s_iqr")),
+            _c("speedup_vs_baseline", F64, "the baseline machine's time per epoch for the same "
+                                           "dataset, device, shape, members and method / this "
+                                           "row's", "1", True),
+        )),
+        _summary("machines_agreement", "one row per machine x dataset x device x metric: its "
+                                       "losses and accuracies against the baseline machine's", (
+            _c("machine_id", STR, "the machine compared"),
+            _c("baseline_machine_id", STR, "the machine it is compared with"),
+            _DATASET, _DEVICE,
+            _c("metric", STR, "loss, train_acc or test_acc (per member and checkpoint)"),
+            _c("n_compared", I64, "members x checkpoints present and ok on both", "1"),
+            _c("n_differ", I64, "of those, how many differ beyond the tolerance", "1"),
+            _c("max_abs_diff", F64, "largest |difference| over the compared rows", None, True),
+            _c("tolerance", STR, "the tolerance applied, in words"),
+            _c("verdict", STR, "identical, within_tolerance, differs, or not_compared"),
+            _c("reason", STR, "why not compared (configs differ, no common rows); empty "
+                              "otherwise"),
+            _c("worst_json", STR, "the row with the largest difference (shape, seed, epochs, "
+                                  "both values), as JSON; {} when none"),
+        )),
     )
 }
 SUMMARY_TABLES: tuple[str, ...] = tuple(SUMMARY)
@@ -560,7 +633,10 @@ FIGURES: dict[str, str] = {
     "decision_regions": "Training",
     "grad_norms": "Training",
     "epoch_time": "Training",
+    "machines": "Machines",
 }
+# Figures drawn only when other machines are compared (config `compare:`).
+MACHINE_FIGURES: tuple[str, ...] = ("machines",)
 
 
 # --------------------------------------------------------------------------- writing

@@ -15,6 +15,7 @@ report uses too, so a series is called and coloured the same in both.
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
 import textwrap
@@ -690,6 +691,96 @@ def fig_epoch_time(tables: Tables) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- machines
+
+MACHINES_SHOWN = 12  # bars per panel; the other machines are in the report's tables
+
+
+def _machine_bars(ax, values: pd.Series, labels: Mapping[str, str], colour: str,
+                  highlight: set[str], lesson: str | None, title: str) -> None:
+    """Horizontal bars of ``values`` (machine_id -> seconds), fastest first, at most
+    MACHINES_SHOWN of them (the rest counted in the panel), ``highlight`` (this run and the
+    baseline) always among them and drawn bold; ``lesson`` hatched."""
+    values = values[np.isfinite(values.astype(float)) & (values > 0)].sort_values()
+    ax.set_title(title)
+    if values.empty:
+        _empty(ax, "no timing on any machine")
+        return
+    shown = values.iloc[:MACHINES_SHOWN]
+    # This run and the baseline are always shown, after the fastest if they are not among them.
+    extra = [m for m in values.index[MACHINES_SHOWN:] if m in highlight]
+    shown = pd.concat([values.iloc[:MACHINES_SHOWN - len(extra)], values[extra]])
+    y = np.arange(len(shown))[::-1]
+    for yi, (mid, t) in zip(y, shown.items()):
+        hatched = mid == lesson
+        strong = mid in highlight and mid != lesson
+        ax.barh(yi, t * 1e3, color=to_rgba(colour, 0.35 if hatched else 0.9 if strong else 0.55),
+                edgecolor=colour, hatch="//" if hatched else None,
+                linewidth=2.0 if strong else 1.0)
+        ax.text(t * 1e3 * 1.08, yi, fmt_time(t), va="center", fontsize=8.5)
+    ax.set_yticks(y, [labels.get(m, m) for m in shown.index])
+    ax.set_ylim(-0.6, len(shown) - 0.4)
+    _log(ax, "x")
+    ax.set_xlim(shown.min() * 1e3 / 3, shown.max() * 1e3 * 5)
+    ax.grid(axis="y", visible=False)
+    if len(values) > len(shown):
+        ax.set_title(f"{title}\n{len(shown)} of {len(values)} shown, the rest in the tables",
+                     fontsize=10)
+
+
+def fig_machines(tables: Tables) -> Figure:
+    """Small multiples, one panel per series of the lesson product (backend x device x dtype)
+    and one per data set x device of the training time per epoch (the shape most machines
+    timed): every compared machine's time, fastest first, at most ``MACHINES_SHOWN`` each."""
+    machines = _table(tables, "machines")
+    mm = _table(tables, "machines_matmul")
+    findings = _table(tables, "findings")
+    if machines.empty or (machines["origin"] != "lesson").sum() < 2:
+        fig, axes = _figure(1, 1, 8.0, 2.0)
+        _empty(axes[0, 0], "One machine: nothing to compare (config compare:).")
+        return fig
+    labels = {m: (f"{m} (this run)" if o == "this run" else "lesson (slides)" if o == "lesson"
+                  else m) + (" ★" if b else "")
+              for m, o, b in zip(machines["machine_id"], machines["origin"],
+                                 machines["is_baseline"])}
+    own = set(machines.loc[(machines["origin"] == "this run") | machines["is_baseline"],
+                           "machine_id"])
+    lesson_id = next(iter(machines.loc[machines["origin"] == "lesson", "machine_id"]), None)
+    ok = mm[(mm["case"] == "lesson") & (mm["status"] == "ok") & ~mm["noisy"].astype(bool)]
+    panels: list[tuple[str, pd.Series, str]] = []
+    for (backend, device, dtype), g in ok.groupby(["backend", "device", "dtype"], sort=True):
+        shape = g[g["machine_id"] != lesson_id]
+        if shape.empty:
+            continue  # only the slides have this series
+        m, k, n = shape.iloc[0][["m", "k", "n"]]
+        g = g[(g["m"] == m) & (g["k"] == k) & (g["n"] == n)]  # like with like
+        panels.append((f"{series_label(backend, device, dtype)}, {m}×{k} @ {k}×{n}",
+                       g.groupby("machine_id")["time_s_median"].min(),
+                       SERIES_COLOURS.get((backend, device), PALETTE[5])))
+    epoch = findings[findings["finding"] == "machine_epoch_fastest"] if len(findings) else findings
+    for _, f in epoch.iterrows():
+        ev = json.loads(f["evidence"])
+        panels.append((f"epoch: {f['dataset']}, {device_name(f['device'])}, width "
+                       f"{ev['width']} depth {ev['depth']}, {ev['n_members']} members",
+                       pd.Series(ev["times_per_epoch_s"], dtype=float),
+                       DEVICE_COLOURS.get(f["device"], PALETTE[5])))
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = max(1, -(-len(panels) // ncols))
+    per_row = 0.3 * min(MACHINES_SHOWN, max(len(machines), 3)) + 1.0
+    fig, axes = _figure(nrows, ncols, 12.0 if ncols == 2 else 8.0, per_row)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, values, colour) in zip(axes.flat, panels):
+        _machine_bars(ax, values, labels, colour, own, lesson_id, textwrap.fill(title, 60))
+    if not panels:
+        _empty(axes[0, 0], "No timing that two machines share.")
+    fig.supxlabel("time (ms, log scale); bold: this run and the baseline (★), hatched: the "
+                  "lesson's slides (%timeit, not synchronised on CUDA)", fontsize=9.5)
+    fig.suptitle(f"{(machines['origin'] != 'lesson').sum()} machines: the lesson's product "
+                 f"and the training time per epoch, fastest first")
+    return fig
+
+
 # --------------------------------------------------------------------------- entry points
 
 _DRAW: dict[str, Callable[[Tables], Figure]] = {
@@ -701,6 +792,7 @@ _DRAW: dict[str, Callable[[Tables], Figure]] = {
     "decision_regions": fig_decision_regions,
     "grad_norms": fig_grad_norms,
     "epoch_time": fig_epoch_time,
+    "machines": fig_machines,
 }
 # The names (and their order) are the contract's; a figure without a drawing fails at import.
 FIGURES: dict[str, Callable[[Tables], Figure]] = {name: _DRAW[name] for name in FIGURE_NAMES}

@@ -6,7 +6,8 @@ returns one row per conclusion. The report turns rows into sentences; it decides
 Columns (``FINDINGS_COLUMNS``)
 ------------------------------
 finding          id of the rule (see ``RULES``), e.g. ``axis_effect``
-section          ``matmul``, ``training``, ``lesson`` or ``machine``
+section          ``matmul``, ``training``, ``lesson``, ``machine``, or ``machines`` (the comparison
+                 with other machines' bundles: :func:`machine_findings`)
 dataset, device  what the finding is about (None where it does not apply)
 subject          what is judged, in words, e.g. ``"width 8 vs baseline (test_acc)"``
 verdict          a short machine-readable word, e.g. ``better``, ``within_seed_noise``
@@ -131,6 +132,25 @@ RULES = {
             f"torch 1.12), largest square product; TF32 helps when the time ratio exceeds "
             f"{REAL_GAIN:g}",
     "seeds": "most seeds trained per configuration of a dataset",
+    "machines_compared": "the machines compared (this run, other machines' bundles, the "
+                         "reference bundles shipped with the project) and the baseline that "
+                         "speed-ups and agreement are measured against",
+    "machine_config": "keys of a machine's measurement config (compare and machine_id left "
+                      "out) whose values differ from the baseline's: only rows whose keys "
+                      "match are compared, the rest is left out",
+    "machine_fastest": "per series (backend, device, dtype) of the lesson product: the "
+                       "measured machine with the smallest median time (rows ok and not "
+                       "noisy), against the baseline machine's time",
+    "machine_speedup": f"a machine's fastest float32 lesson product (any backend and device, "
+                       f"rows ok and not noisy) against the baseline's: faster or slower when "
+                       f"the time ratio exceeds {REAL_GAIN:g}, similar otherwise",
+    "machine_epoch_fastest": "per data set and device, the ensemble time per epoch of the "
+                             "shape most machines timed (same data, threads, momentum and "
+                             "batch size as the baseline): the fastest machine",
+    "machine_agreement": "losses and accuracies per member and checkpoint against the "
+                         "baseline machine's: the worst of the three metrics (differs, then "
+                         "not_compared, within_tolerance, identical); tolerances in "
+                         "mlpbench.compare (CPU bit-identical)",
 }
 
 
@@ -884,6 +904,126 @@ def epoch_time_findings(times: pd.DataFrame) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+# --------------------------------------------------------------------------- machines
+
+_AGREEMENT_ORDER = ("differs", "not_compared", "within_tolerance", "identical")
+
+
+def machine_findings(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The conclusions of the machine comparison (section ``machines``), from the tables of
+    :func:`mlpbench.compare.compare_tables`; no rows when fewer than two machines were
+    measured (the lesson's slides not counted). Columns: ``FINDINGS_COLUMNS``."""
+    rows: list[dict] = []
+    machines = tables.get("machines")
+    if machines is not None and (machines["origin"] != "lesson").sum() > 1:
+        rows = _machine_rows(machines, tables["machines_matmul"],
+                             tables["machines_epoch_time"], tables["machines_agreement"])
+    return _frame(rows)
+
+
+def _machine_rows(machines: pd.DataFrame, mm: pd.DataFrame, et: pd.DataFrame,
+                  agreement: pd.DataFrame) -> list[dict]:
+    from mlpbench.compare import LESSON_MACHINE, config_differences
+
+    measured = machines[machines["origin"] != "lesson"]
+    base_id = str(measured.loc[measured["is_baseline"], "machine_id"].iloc[0])
+    rows = [_row("machines_compared", "machines", f"{len(measured)} machines", "compared",
+                 {"baseline": base_id,
+                  "machines": [{"machine_id": r["machine_id"], "origin": r["origin"],
+                                "source": r["source"]} for _, r in measured.iterrows()]},
+                 value=len(measured), unit="count")]
+    configs = {r["machine_id"]: json.loads(r["config_json"]) for _, r in machines.iterrows()
+               if isinstance(r.get("config_json"), str)} if "config_json" in machines else {}
+    for mid, config in configs.items():
+        if mid == base_id:
+            continue
+        differ = config_differences(config, configs.get(base_id))
+        if differ:
+            rows.append(_row("machine_config", "machines", f"config of {mid} vs {base_id}",
+                             "differs", {"machine_id": mid, "baseline": base_id,
+                                         "keys": differ}, value=len(differ), unit="count"))
+    ok = mm[(mm["status"] == "ok") & ~mm["noisy"].astype(bool)
+            & (mm["machine_id"] != LESSON_MACHINE) & (mm["kind"] == "matmul")]
+    lesson_case = ok[ok["case"] == "lesson"]
+    for (backend, device, dtype), g in lesson_case.groupby(["backend", "device", "dtype"],
+                                                          sort=True):
+        best = g.loc[g["time_s_median"].idxmin()]
+        base = g[g["machine_id"] == base_id]
+        verdict = "baseline" if best["machine_id"] == base_id else "other_machine"
+        rows.append(_row(
+            "machine_fastest", "machines", f"lesson product, {_series(backend, device, dtype)}",
+            verdict, {"fastest": best["machine_id"], "baseline": base_id,
+                      "backend": backend, "dtype": dtype,
+                      "shape": _key(best, ["m", "k", "n"]),
+                      "times_s": dict(zip(g["machine_id"], g["time_s_median"]))},
+            device=device, value=best["time_s_median"],
+            reference_value=base["time_s_median"].min() if len(base) else math.nan, unit="s"))
+    f32 = lesson_case[lesson_case["dtype"] == "float32"]
+    best_per = {mid: g.loc[g["time_s_median"].idxmin()] for mid, g in f32.groupby("machine_id")}
+    if base_id in best_per:
+        ref = best_per[base_id]
+        for mid, row in best_per.items():
+            if mid == base_id:
+                continue
+            if (row[["m", "k", "n"]].to_numpy() != ref[["m", "k", "n"]].to_numpy()).any():
+                continue  # another shape: not like with like
+            ratio = ref["time_s_median"] / row["time_s_median"]
+            verdict = ("faster" if ratio > REAL_GAIN else "slower" if ratio < 1 / REAL_GAIN
+                       else "similar")
+            rows.append(_row(
+                "machine_speedup", "machines", f"{mid} vs {base_id}, lesson product", verdict,
+                {"machine_id": mid, "baseline": base_id,
+                 "machine_series": _key(row, ["backend", "device", "dtype"]),
+                 "baseline_series": _key(ref, ["backend", "device", "dtype"]),
+                 "time_s": row["time_s_median"], "baseline_time_s": ref["time_s_median"],
+                 "speedup": ratio},
+                device=row["device"], value=row["time_s_median"],
+                reference_value=ref["time_s_median"], unit="s"))
+    ens = et[(et["status"] == "ok") & (et["method"] == "ensemble")]
+    ens = ens[ens["speedup_vs_baseline"].notna()]  # like with like as the baseline
+    for (dataset, device), g in ens.groupby(["dataset", "device"], sort=True):
+        shapes = g.groupby(["width", "depth", "n_members"])["machine_id"].nunique()
+        shapes = shapes.reset_index().sort_values(
+            ["machine_id", "width", "depth", "n_members"], ascending=[False, True, True, True])
+        if shapes.empty or shapes.iloc[0]["machine_id"] < 2:
+            continue
+        width, depth, members = (int(shapes.iloc[0][c]) for c in ("width", "depth",
+                                                                   "n_members"))
+        s = g[(g["width"] == width) & (g["depth"] == depth) & (g["n_members"] == members)]
+        best = s.loc[s["time_per_epoch_s"].idxmin()]
+        base = s[s["machine_id"] == base_id]
+        rows.append(_row(
+            "machine_epoch_fastest", "machines",
+            f"{dataset}, width {width}, depth {depth}, {members} members",
+            "baseline" if best["machine_id"] == base_id else "other_machine",
+            {"fastest": best["machine_id"], "baseline": base_id, "width": width,
+             "depth": depth, "n_members": members, "method": "ensemble",
+             "times_per_epoch_s": dict(zip(s["machine_id"], s["time_per_epoch_s"]))},
+            dataset=dataset, device=device, value=best["time_per_epoch_s"],
+            reference_value=base["time_per_epoch_s"].min() if len(base) else math.nan,
+            unit="s"))
+    for (mid, dataset, device), g in agreement.groupby(["machine_id", "dataset", "device"],
+                                                     sort=False):
+        verdict = min(g["verdict"], key=_AGREEMENT_ORDER.index)
+        rows.append(_row(
+            "machine_agreement", "machines", f"{mid} vs {g['baseline_machine_id'].iloc[0]}",
+            verdict, {"machine_id": mid, "baseline": g["baseline_machine_id"].iloc[0],
+                      "metrics": g[["metric", "n_compared", "n_differ", "max_abs_diff",
+                                    "tolerance", "verdict", "reason"]].to_dict("records")},
+            dataset=dataset, device=device, value=g["n_differ"].sum(),
+            reference_value=g["n_compared"].sum(), unit="count"))
+    return rows
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
+    for col in ("value", "reference_value"):
+        df[col] = df[col].astype("float64")
+    for col in set(FINDINGS_COLUMNS) - {"value", "reference_value"}:
+        df[col] = df[col].astype("string")
+    return df.reset_index(drop=True)
 
 
 def findings_table(tables: Mapping[str, pd.DataFrame], *,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlpbench.compare import CUDA_ACC_POINTS, CUDA_LOSS_RTOL
 from mlpbench.findings import axis_rows
 from mlpbench.present import (AXIS_NAMES, AXIS_ORDER, AXIS_TITLES, SPREAD_WORDS, VERDICT_WORDS,
                               axis_span, axis_value, blas_text, ci_text, dataset_intro,
@@ -1304,3 +1305,233 @@ class LessonPassages:
             "difference counts when the 95% intervals of the two means do not overlap. "
             + " ".join(sentences),
         ]
+
+
+class MachinePassages:
+    """The report's "Machines" section: this run beside other machines' bundles and the
+    lesson's slides, from the tables of :func:`mlpbench.compare.compare_tables` and the
+    findings of section ``machines``. ``present`` is False with a single measured machine;
+    the report then leaves the section out."""
+
+    SHOWN = 10  # machines named in one sentence; the findings table has every one
+
+    def __init__(self, tables: Mapping[str, pd.DataFrame]):
+        empty = pd.DataFrame(columns=["machine_id", "origin"])
+        self.machines = tables.get("machines", empty)
+        self.mm = tables.get("machines_matmul", pd.DataFrame())
+        self.times = tables.get("machines_epoch_time", pd.DataFrame())
+        self.agreement = tables.get("machines_agreement", pd.DataFrame())
+        f = tables.get("findings", pd.DataFrame(columns=["section"]))
+        self.findings = f[f["section"] == "machines"]
+        self.measured = self.machines[self.machines["origin"] != "lesson"]
+        self.present = len(self.measured) > 1
+        base = self.measured[self.measured["is_baseline"].astype(bool)]
+        self.baseline = str(base["machine_id"].iloc[0]) if len(base) else None
+
+    def find(self, finding: str) -> list[dict]:
+        rows = self.findings[self.findings["finding"] == finding]
+        return [{**r, "ev": json.loads(r["evidence"])} for r in rows.to_dict("records")]
+
+    def label(self, machine_id: str) -> str:
+        row = self.machines[self.machines["machine_id"] == machine_id]
+        origin = row["origin"].iloc[0] if len(row) else ""
+        return {"this run": f"{machine_id} (this run)", "lesson": "the lesson's slides",
+                "reference": f"{machine_id} (reference)"}.get(origin, machine_id)
+
+    def intro(self) -> str:
+        others = self.measured[self.measured["origin"] != "this run"]
+        kinds = ", ".join(f"`{m}` ({o})" for m, o in zip(others["machine_id"][:self.SHOWN],
+                                                         others["origin"][:self.SHOWN]))
+        if len(others) > self.SHOWN:
+            kinds += f" and {len(others) - self.SHOWN} more"
+        return (f"This run is compared with {plural(len(others), 'other machine')}: {kinds}, "
+                f"and with the lesson's slides as a machine of their own. Every number of "
+                f"another machine is that machine's own measurement, with its hardware, "
+                f"versions and date in the table below; nothing of it was measured here. "
+                f"Speed-ups are against `{self.baseline}`"
+                + (" (this run)" if self.baseline in set(
+                    self.measured.loc[self.measured["origin"] == "this run", "machine_id"])
+                   else " (`compare.baseline`)")
+                + " and only between rows of the same product, shape and dtype, or the same "
+                  "network, data and threads.")
+
+    def machines_table(self) -> pd.DataFrame:
+        def hardware(r: Any) -> str:
+            if r["origin"] == "lesson":
+                return "not stated"
+            cores = (f", {int(r['physical_cores'])}/{int(r['logical_cores'])} cores"
+                     if finite(r["physical_cores"]) and finite(r["logical_cores"]) else "")
+            gpu = r["gpu_name"] if isinstance(r["gpu_name"], str) else "no GPU"
+            return f"{r['cpu_model'] or 'unknown CPU'}{cores}; {gpu}"
+
+        def versions(r: Any) -> str:
+            if r["origin"] == "lesson":
+                return "not stated"
+            commit = r["git_commit"][:10] if isinstance(r["git_commit"], str) else "unknown"
+            return f"torch {r['torch_version']}, NumPy {r['numpy_version']}, commit {commit}"
+
+        rows = [{"machine": self.label(r["machine_id"]) + (" ★" if r["is_baseline"] else ""),
+                 "measured (UTC)": r["created_utc"] if isinstance(r["created_utc"], str)
+                 else "the lesson's slides",
+                 "hardware": hardware(r), "versions": versions(r),
+                 "from": r["source"], "note": r["note"]}
+                for _, r in self.machines.iterrows()]
+        return pd.DataFrame(rows)
+
+    def unavailable(self) -> str:
+        """Which machines had no timing on a device (its rows are left out of the tables)."""
+        mm = self.mm
+        if mm.empty:
+            return ""
+        ok = mm[mm["status"] == "ok"].groupby("device")["machine_id"].unique()
+        parts = []
+        for device in sorted(set(mm["device"])):
+            have = set(ok.get(device, []))
+            lacking = [m for m in self.measured["machine_id"] if m not in have]
+            if lacking:
+                parts.append(f"{device_name(device)}: "
+                             + ", ".join(f"`{m}`" for m in lacking[:10])
+                             + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else ""))
+        return ("No timing on " + "; ".join(parts) + " (unavailable there; those rows are "
+                "left out below and kept in `tables/machines_matmul.csv`).") if parts else ""
+
+    def lesson_table(self) -> pd.DataFrame:
+        mm = self.mm[(self.mm["case"] == "lesson") & (self.mm["status"] == "ok")]
+        rows = []
+        for _, r in mm.iterrows():
+            rows.append({
+                "machine": self.label(r["machine_id"]),
+                "series": series_label(r["backend"], r["device"], r["dtype"]),
+                "shape": f"{r['m']}×{r['k']} @ {r['k']}×{r['n']}",
+                "time": fmt_time(r["time_s_median"]) + (" (noisy)" if r["noisy"] else ""),
+                "GB/s": num(r["gb_s"]),
+                "share of its memory roof": pct(r["bandwidth_share"]),
+                "share of its compute roof": pct(r["compute_share"]),
+                f"× {self.baseline}": num(r["speedup_vs_baseline"]),
+                "× lesson": num(r["speedup_vs_lesson"]),
+            })
+        return pd.DataFrame(rows)
+
+    def lesson_caveat(self) -> str:
+        row = self.machines[self.machines["origin"] == "lesson"]
+        return ("The lesson's row: " + row["note"].iloc[0] + ". Its times are compared only "
+                "with the same backend, device and dtype of the same shape."
+                if len(row) else "")
+
+    def sweeps_table(self) -> pd.DataFrame:
+        """GFLOP/s of every square and matrix-vector product, one row per machine x device x
+        dtype, with that machine's own roofs."""
+        mm = self.mm[self.mm["case"].isin(["square", "gemv"]) & (self.mm["status"] == "ok")
+                     & (self.mm["machine_id"] != "lesson")]
+        if mm.empty:
+            return pd.DataFrame()
+        mm = mm.assign(product=[f"{c} {m}×{k}×{n}" for c, m, k, n in
+                                zip(mm["case"], mm["m"], mm["k"], mm["n"])],
+                       value=[num(v) + (" (noisy)" if z else "")
+                              for v, z in zip(mm["gflop_s"], mm["noisy"])])
+        keys = ["machine_id", "device", "dtype"]
+        table = mm.pivot_table(index=keys, columns="product", values="value",
+                               aggfunc="first", sort=False)
+        roofs = mm.groupby(keys, sort=False).agg(memory=("bandwidth_gb_s", "first"),
+                                                 compute=("compute_roof_gflop_s", "first"))
+        out = roofs.join(table).reset_index()
+        out["machine_id"] = out["machine_id"].map(self.label)
+        out["memory"] = out["memory"].map(num)
+        out["compute"] = out["compute"].map(num)
+        return out.rename(columns={"machine_id": "machine", "memory": "memory roof GB/s",
+                                   "compute": "compute roof GFLOP/s"})
+
+    def speedup_sentences(self) -> list[str]:
+        out = []
+        fastest = self.find("machine_fastest")
+        if fastest:
+            items = [f"{series_label(f['ev']['backend'], f['device'], f['ev']['dtype'])}: "
+                     f"`{f['ev']['fastest']}` ({fmt_time(f['value'])}"
+                     + (f"; `{self.baseline}` {fmt_time(f['reference_value'])})"
+                        if f["verdict"] != "baseline" and finite(f["reference_value"]) else ")")
+                     for f in fastest]
+            out.append("Fastest machine for the lesson's product, per series: "
+                       + "; ".join(items) + ".")
+        words = {"faster": "faster than", "slower": "slower than", "similar": "about as fast as"}
+        speed = sorted(self.find("machine_speedup"), key=lambda f: -f["ev"]["speedup"])
+        if speed:
+            items = [f"`{f['ev']['machine_id']}` is {words[f['verdict']]} `{self.baseline}` "
+                     f"({fmt_time(f['value'])} with {series_label(**f['ev']['machine_series'])} "
+                     f"against {fmt_time(f['reference_value'])} with "
+                     f"{series_label(**f['ev']['baseline_series'])}, "
+                     f"{times(f['ev']['speedup'])})" for f in speed[:self.SHOWN]]
+            more = len(speed) - self.SHOWN
+            out.append("Each machine's fastest float32 lesson product, fastest first: "
+                       + "; ".join(items)
+                       + (f"; and {plural(more, 'more machine')} (`machine_speedup` in "
+                          f"`tables/findings.csv`)." if more > 0 else "."))
+        return out
+
+    def epoch_table(self) -> pd.DataFrame:
+        rows = []
+        for f in self.find("machine_epoch_fastest"):
+            ev = f["ev"]
+            for mid, t in ev["times_per_epoch_s"].items():
+                sel = self.times[(self.times["machine_id"] == mid)
+                                 & (self.times["dataset"] == f["dataset"])
+                                 & (self.times["device"] == f["device"])
+                                 & (self.times["width"] == ev["width"])
+                                 & (self.times["depth"] == ev["depth"])
+                                 & (self.times["n_members"] == ev["n_members"])
+                                 & (self.times["method"] == "ensemble")]
+                rows.append({"data set": f["dataset"], "device": device_name(f["device"]),
+                             "network": f"width {ev['width']}, depth {ev['depth']}, "
+                                        f"{ev['n_members']} members",
+                             "machine": self.label(mid) + (" (fastest)"
+                                                           if mid == ev["fastest"] else ""),
+                             "time per epoch": fmt_time(t),
+                             f"× {self.baseline}": num(sel["speedup_vs_baseline"].iloc[0])
+                             if len(sel) else "n/a"})
+        return pd.DataFrame(rows)
+
+    def agreement_answer(self) -> list[str | pd.DataFrame]:
+        found = self.find("machine_agreement")
+        if not found:
+            return ["No other machine trained a data set on a device that this comparison's "
+                    "baseline also trained, so no losses or accuracies were compared."]
+        counts: dict[str, int] = {}
+        for f in found:
+            counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1
+        words = {"identical": "bit-identical", "within_tolerance": "within the tolerance",
+                 "differs": "different beyond the tolerance", "not_compared": "not compared"}
+        text = (f"Losses and accuracies of every member and checkpoint, against "
+                f"`{self.baseline}`: CPU runs must be bit-identical (same config, same seeds); "
+                f"CUDA runs may differ by {CUDA_LOSS_RTOL:g} of the loss and "
+                f"{plural(CUDA_ACC_POINTS, 'point')} of accuracy, because "
+                f"GPUs of other models and libraries sum in other orders. Of "
+                f"{plural(len(found), 'machine × data set × device comparison')}: "
+                + ", ".join(f"{n} {words.get(v, v)}" for v, n in counts.items()) + ".")
+        differ = self.agreement[self.agreement["verdict"].isin(["differs", "not_compared"])]
+        if differ.empty:
+            return [text]
+        table = pd.DataFrame({
+            "machine": differ["machine_id"].map(self.label), "data set": differ["dataset"],
+            "device": differ["device"].map(device_name), "metric": differ["metric"],
+            "differ": [f"{a} of {b}" for a, b in zip(differ["n_differ"], differ["n_compared"])],
+            "largest difference": differ["max_abs_diff"].map(lambda v: num(v, 2)),
+            "tolerance": differ["tolerance"], "verdict": differ["verdict"],
+            "why not compared": differ["reason"]})
+        return [text + " What differs, or was not compared:", table]
+
+    def config_notes(self) -> list[str]:
+        out = []
+        found = self.find("machine_config")
+        if len(found) > self.SHOWN:
+            out.append(f"{plural(len(found), 'machine')} ran another config than "
+                       f"`{self.baseline}` (`machine_config` in `tables/findings.csv` lists the "
+                       f"keys); the first {self.SHOWN}:")
+        for f in found[:self.SHOWN]:
+            keys = f["ev"]["keys"]
+            shown = "; ".join(f"`{k}` {json.dumps(v[0])} vs {json.dumps(v[1])}"
+                              for k, v in list(keys.items())[:8])
+            more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+            out.append(f"`{f['ev']['machine_id']}` ran another config than `{self.baseline}`: "
+                       f"{shown}{more}. Rows of shapes that only one of them has are shown "
+                       f"but have no speed-up, and training results of different data, "
+                       f"threads, momentum or batch size are not compared.")
+        return out

@@ -94,6 +94,10 @@ Tables and their columns
 ``findings``
     One row per conclusion the report states (see ``mlpbench.contract.SUMMARY["findings"]``).
 
+``machines``, ``machines_matmul``, ``machines_epoch_time``, ``machines_agreement``
+    This run beside other machines (config ``compare:``), built by :mod:`mlpbench.compare`;
+    ``build_tables`` returns them empty (one machine).
+
 Every table's columns, Arrow types, units and meanings are declared in
 :mod:`mlpbench.contract`; this docstring explains how the numbers are computed.
 """
@@ -641,6 +645,11 @@ def build_tables(
     from mlpbench.findings import findings_table
 
     tables["findings"] = findings_table(tables)
+    # One machine: the machine tables are empty; mlpbench.compare fills them (and adds its
+    # findings) when other machines' bundles are compared (config `compare:`).
+    from mlpbench.compare import empty_tables
+
+    tables.update(empty_tables())
     return tables
 
 

@@ -14,6 +14,9 @@ rule aggregate:
         train=train_files(),
         machine=machine_file(),
         lesson=LESSON_FILES,
+        # other machines' bundles (compare:), checked when the workflow was parsed
+        bundles=compare_files()["bundles"],
+        reference=compare_files()["reference"],
     output:
         summary_tables(),
     log:
@@ -22,6 +25,7 @@ rule aggregate:
         "../envs/mlpbench.yaml"
     params:
         train_cfg={"datasets": selected_experiments()},
+        compare={"machine_id": MACHINE_ID, "baseline": config["compare"]["baseline"]},
         code=code_version(workflow.source_path("../../scripts/aggregate.py")),
     script:
         "../../scripts/aggregate.py"
@@ -39,13 +43,13 @@ rule figures:
                 caption=f"../report/{name}.rst",
                 category=category,
             )
-            for name, category in FIGURES.items()
+            for name, category in active_figures().items()
         ],
     log:
         "logs/figures.log",
     conda:
         "../envs/mlpbench.yaml"
-    threads: min(len(FIGURES), usable_cores())
+    threads: min(len(active_figures()), usable_cores())
     params:
         code=code_version(workflow.source_path("../../scripts/figures.py")),
     script:

@@ -7,7 +7,7 @@ from snakemake.cli import parse_config
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, update_config
 
-from mlpbench.checks import check_config
+from mlpbench.checks import check_compare, check_config, compare_sources
 from mlpbench.config import (
     ConfigError,
     command_line_value,
@@ -21,7 +21,7 @@ from mlpbench.data import config_schema
 
 # Table and figure names, declared once in mlpbench.contract (stdlib + pyarrow only, so
 # building the DAG imports neither pandas nor matplotlib).
-from mlpbench.contract import FIGURES, SUMMARY_TABLES, TRAIN_TABLES
+from mlpbench.contract import FIGURES, MACHINE_FIGURES, SUMMARY_TABLES, TRAIN_TABLES
 
 min_version("9.0")
 
@@ -70,6 +70,16 @@ except ConfigError as err:
 
 CONFIG_HASH = config_hash(config)
 MACHINE_ID = machine_id(config["machine_id"])
+
+# Other machines (`compare:`): globs expanded now, so each bundle is an input of the aggregate
+# rule (a changed bundle reruns it); every bundle is opened and verified here, in memory,
+# before any job runs, so a refused bundle stops the run with nothing under results/ changed.
+# Without bundles this imports and reads nothing.
+try:
+    COMPARE = compare_sources(config)
+    COMPARED_BUNDLES = check_compare(config, COMPARE, MACHINE_ID)
+except ValueError as err:  # ConfigError, or the bundle's one-line BundleError
+    raise WorkflowError(str(err)) from None
 
 
 def usable_cores():
@@ -133,4 +143,16 @@ def summary_tables():
 
 
 def figure_files():
-    return expand("results/figures/{name}.png", name=list(FIGURES))
+    return expand("results/figures/{name}.png", name=list(active_figures()))
+
+
+def compare_files():
+    """Other machines' bundles for the aggregate job (the user's, then the shipped ones)."""
+    return {"bundles": COMPARE.bundles, "reference": COMPARE.reference}
+
+
+def active_figures():
+    """Figures this run draws: the machine comparison only when other machines are compared."""
+    if any(b.machine_id != MACHINE_ID for b in COMPARED_BUNDLES):
+        return dict(FIGURES)
+    return {name: cat for name, cat in FIGURES.items() if name not in MACHINE_FIGURES}
