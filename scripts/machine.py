@@ -9,7 +9,7 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821 (snakemake is injected by t
         log.warning("removed %s, left by an interrupted write", tmp)
     record = collect(
         config_hash=snakemake.params.config_hash,  # noqa: F821
-        config=snakemake.config,  # noqa: F821
+        config=snakemake.params.config,  # noqa: F821
         explicit_id=snakemake.params.machine_id,  # noqa: F821
     )
     write_json_atomic(record, snakemake.output[0])  # noqa: F821

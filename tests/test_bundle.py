@@ -134,6 +134,7 @@ def test_round_trip_keeps_every_table_and_the_record(results, good):
         assert table.equals(on_disk), name
         assert opened.table(name).equals(own.table(name)), name
     assert opened.table("train/toy/cpu/decision.parquet") is None
+    assert opened.table("train/toy/cpu/losses.parquet") is None
     record = json.loads((results / "machine" / f"{HOST}.json").read_text())
     assert opened.machine == record
     assert opened.config == CONFIG
@@ -164,7 +165,7 @@ def test_members_are_the_runs_files_and_no_pickles(results, good):
     assert set(members) == {"manifest.json", "machine.json", "config.yaml",
                             *member_paths(CONFIG)}
     assert all(n.endswith((".json", ".yaml", ".parquet")) for n in members)
-    assert not any("decision" in n for n in members)
+    assert not any(n.endswith(("decision.parquet", "losses.parquet")) for n in members)
     for name in member_paths(CONFIG):  # byte for byte as the run wrote them
         assert members[name] == (results / name).read_bytes(), name
 
@@ -175,7 +176,7 @@ def test_same_results_give_the_same_bytes(results, good, tmp_path):
 
 
 def test_bundle_is_small(results, good):
-    """The zip adds little to its tables, and the decision grids stay out."""
+    """The zip adds little to its tables, and the decision grids and loss curves stay out."""
     tables = sum((results / n).stat().st_size for n in member_paths(CONFIG))
     decision = sum(p.stat().st_size for p in results.rglob("decision.parquet"))
     size = good.stat().st_size

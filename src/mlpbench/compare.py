@@ -54,6 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mlpbench import contract
+from mlpbench.config import REPORT_ONLY_KEYS
 from mlpbench.contract import SUMMARY
 from mlpbench.tables import lesson_reference_table
 
@@ -82,7 +83,7 @@ TRAIN_KEY = ["dataset", "device", "width", "depth", "n_members", "method"]
 MEMBER_KEY = ["width", "depth", "lr", "seed", "epochs"]
 METRICS = ("loss", "train_acc", "test_acc")
 # Config keys that name or choose what is shown, not what is measured.
-NOT_MEASURED = ("machine_id", "compare")
+NOT_MEASURED = ("machine_id", *REPORT_ONLY_KEYS)
 # Per data set, what a training result depends on besides the member's own key.
 TRAINING_CONDITIONS = ("data", "momentum", "batch_size")
 

@@ -13,6 +13,7 @@ import json
 import platform
 import re
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -179,6 +180,17 @@ def command_line_value(entry: str) -> dict[str, Any] | None:
         return {key: yaml.safe_load(text)}
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {key}: {text!r} is not valid YAML: {_yaml_problem(err)}") from None
+
+
+# Keys that say how the report is put together, not what the run measures (other machines'
+# bundles): left out of the machine record, of its config hash and so of a bundle, so that
+# changing them reruns only the aggregation, the figures and the report.
+REPORT_ONLY_KEYS = ("compare",)
+
+
+def recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a run records about itself: ``config`` without :data:`REPORT_ONLY_KEYS`."""
+    return {k: v for k, v in config.items() if k not in REPORT_ONLY_KEYS}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -535,7 +535,8 @@ SUMMARY: dict[str, Table] = {
                                 "results/train/*/*/environment.parquet)", _ENVIRONMENT_COLUMNS),
         _summary("findings", "one row per conclusion the report states", (
             _c("finding", STR, "id of the rule that made the finding, e.g. axis_effect"),
-            _c("section", STR, "report section: matmul, training, lesson or machine"),
+            _c("section", STR, "report section: matmul, training, lesson, machine or "
+                               "machines (the comparison with other machines)"),
             _c("dataset", STR, "data set the finding is about (null when none)", None, True),
             _c("device", STR, "device the finding is about (null when none)", None, True),
             _c("subject", STR, "what is judged, e.g. 'width 64 vs baseline'"),

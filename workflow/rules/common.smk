@@ -15,6 +15,7 @@ from mlpbench.config import (
     explain,
     machine_id,
     read_config_file,
+    recorded_config,
     validate_config,
 )
 from mlpbench.data import config_schema
@@ -68,7 +69,10 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-CONFIG_HASH = config_hash(config)
+# What this run records about itself (and bundles): the config without the keys that only
+# shape the report (compare:), so that comparing with other machines reruns no measurement.
+RECORDED_CONFIG = recorded_config(config)
+CONFIG_HASH = config_hash(RECORDED_CONFIG)
 MACHINE_ID = machine_id(config["machine_id"])
 
 # Other machines (`compare:`): globs expanded now, so each bundle is an input of the aggregate

@@ -14,6 +14,7 @@ rule machine:
         "../envs/mlpbench.yaml"
     params:
         config_hash=CONFIG_HASH,
+        config=RECORDED_CONFIG,
         machine_id=lambda wildcards: wildcards.machine_id,
         code=code_version(workflow.source_path("../../scripts/machine.py")),
     script:
