@@ -45,8 +45,25 @@ def test_this_machine_reports_a_cache_and_the_flush_writes_twice_its_size():
     before = flush._buffer.clone()
     flush()
     assert torch.equal(flush._buffer, before + 1)  # every element written
-    assert flush.text == "the caches emptied by writing a 2 MiB buffer (2 x the 1 MiB L3, test)"
+    assert flush.text == ("the caches emptied by writing a 2 MiB buffer (2 x the 1 MiB L3, "
+                          "test) with torch")
     flush.release()
+
+
+def test_numpy_flushes_on_the_calling_thread_and_only_on_the_cpu():
+    import numpy as np
+
+    small = LastLevelCache(2**20, "L3", "test")
+    flush = CacheFlush("cpu", small, library="numpy")
+    assert isinstance(flush._buffer, np.ndarray) and flush._buffer.nbytes == 2 * 2**20
+    flush()
+    flush()
+    assert (flush._buffer == 3).all()
+    assert flush.text.endswith("with numpy")
+    with pytest.raises(ValueError, match="library: got 'numpy' for device 'cuda'; allowed"):
+        CacheFlush("cuda", small, library="numpy")
+    with pytest.raises(ValueError, match="library: got 'jax'"):
+        CacheFlush("cpu", small, library="jax")
 
 
 def test_an_unknown_device_is_named():

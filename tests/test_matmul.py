@@ -104,6 +104,9 @@ def test_cold_lesson_rows_empty_the_caches_before_every_single_call(cpu_table):
     assert cold["method"].str.contains("5 single calls, each timed alone").all()
     assert cold["method"].str.contains(f"before each call, untimed: the caches emptied by "
                                        f"writing a {flushed}", regex=False).all()
+    # each backend empties the caches with its own library (no other thread pool spinning)
+    assert cold.loc[cold["backend"] == "numpy", "method"].str.contains(") with numpy", regex=False).all()
+    assert cold.loc[cold["backend"] == "torch", "method"].str.contains(") with torch", regex=False).all()
     warm = cpu_table[(cpu_table["kind"] == "matmul") & (cpu_table["case"] == "lesson")]
     key = ["backend", "dtype", "m", "k", "n", "flop", "bytes"]
     assert (cold[key].to_numpy() == warm[key].to_numpy()).all()  # the same product

@@ -22,7 +22,9 @@ An entry says everything the stage needs to time a library exactly as it times e
 * ``sync(device)``: the :class:`mlpbench.timing.Sync` for a device that runs work
   asynchronously, else None; ``threads()``: its :class:`mlpbench.timing.ThreadControl`;
 * ``release(device)``: frees cached memory after a measurement; ``label``: its name in figures
-  and in the report; ``version()``: the library's version string.
+  and in the report; ``version()``: the library's version string;
+* ``flush_with``: the library (``torch`` or ``numpy``, :data:`mlpbench.caches.LIBRARIES`) that
+  empties the caches before each call of a cold timing (kind ``matmul_cold``).
 
 Importing this module imports neither NumPy nor torch: the workflow reads the backends' devices
 when it builds the job graph. Each entry imports its library inside its functions.
@@ -119,6 +121,9 @@ class Backend:
         default=lambda kind, device: nullcontext())
     context_note: Callable[[str, str], str | None] = field(default=lambda kind, device: None)
     extra: str | None = None  # the pyproject extra that installs the library, if it is optional
+    # The library that empties the caches before a cold call (mlpbench.caches.LIBRARIES): the
+    # backend's own where it can, so that no other thread pool spins beside the timed threads.
+    flush_with: str = "torch"
 
     def unavailable_reason(self, device: str) -> str | None:
         """None when this backend can run on ``device`` here, else the reason (one line)."""
@@ -146,6 +151,9 @@ def register(backend: Backend) -> Backend:
     if not backend.devices or unknown:
         raise ValueError(f"{backend.name}.devices: got {list(backend.devices)!r}; allowed: a "
                          f"non-empty list from {list(KNOWN_DEVICES)}")
+    if backend.flush_with not in ("torch", "numpy"):  # mlpbench.caches.LIBRARIES
+        raise ValueError(f"{backend.name}.flush_with: got {backend.flush_with!r}; allowed: "
+                         "'torch' or 'numpy'")
     missing = [k for k in _REQUIRED_KINDS if k not in backend.statements]
     extra = [k for k in backend.statements if k not in _KINDS]
     if missing or extra:
@@ -231,6 +239,7 @@ register(Backend(
     sync=lambda device: None,
     threads=_torch_and_blas,
     version=_numpy_version,
+    flush_with="numpy",
 ))
 
 

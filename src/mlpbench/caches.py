@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FLUSH_FACTOR", "UNKNOWN_CACHE_BYTES", "CacheFlush", "LastLevelCache",
+__all__ = ["FLUSH_FACTOR", "LIBRARIES", "UNKNOWN_CACHE_BYTES", "CacheFlush", "LastLevelCache",
            "last_level_cache"]
 
 FLUSH_FACTOR = 2  # the flush buffer is this many times the last-level cache
@@ -98,28 +98,55 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.4g} MiB"
 
 
+LIBRARIES = ("torch", "numpy")
+
+
 class CacheFlush:
-    """Call it to evict the device's last-level cache: it writes a float32 buffer of
-    :data:`FLUSH_FACTOR` times the cache size on ``device`` (and waits for a CUDA device).
+    """Call it to evict the device's last-level cache: it adds 1 to every element of a float32
+    buffer of :data:`FLUSH_FACTOR` times the cache size on ``device`` (reading and writing each
+    line, so the buffer's lines displace everything else), and waits for a CUDA device.
+
+    ``library`` does the writing: ``torch`` (its intra-op thread pool; any device) or ``numpy``
+    (the calling thread only; CPU). Flush with the library being timed: a pool that has just
+    worked keeps spinning for a while, and another library's threads started right after it
+    would wait for a CPU behind it (the disturbance guard sees exactly that).
 
     The buffer is allocated and filled once, when the object is made; :attr:`text` says what a
-    call does, for the ``method`` column. Raises what torch raises when the buffer does not fit.
+    call does, for the ``method`` column. Raises ValueError for an unknown ``library`` or NumPy
+    on a GPU, and what the library raises when the buffer does not fit.
     """
 
-    def __init__(self, device: str, cache: LastLevelCache | None = None):
-        import torch
-
+    def __init__(self, device: str, cache: LastLevelCache | None = None,
+                 library: str = "torch"):
+        if library not in LIBRARIES or (library == "numpy" and device != "cpu"):
+            raise ValueError(f"library: got {library!r} for device {device!r}; allowed: "
+                             "'torch' on any device, 'numpy' on the CPU")
         self.cache = cache or last_level_cache(device)
         self.bytes = FLUSH_FACTOR * self.cache.size_bytes
-        self._device = torch.device(device)
-        self._buffer: Any = torch.ones(self.bytes // 4, dtype=torch.float32, device=self._device)
+        self.library = library
+        if library == "numpy":
+            import numpy as np
+
+            self._device = None
+            self._buffer: Any = np.ones(self.bytes // 4, dtype=np.float32)
+        else:
+            import torch
+
+            self._device = torch.device(device)
+            self._buffer = torch.ones(self.bytes // 4, dtype=torch.float32, device=self._device)
         size = (f"{FLUSH_FACTOR} x the {_mib(self.cache.size_bytes)} {self.cache.name}, "
                 f"{self.cache.source}" if self.cache.known else
                 f"the cache size is {self.cache.source}; a stand-in of "
                 f"{_mib(self.cache.size_bytes)} assumed")
-        self.text = f"the caches emptied by writing a {_mib(self.bytes)} buffer ({size})"
+        self.text = (f"the caches emptied by writing a {_mib(self.bytes)} buffer ({size}) with "
+                     f"{library}")
 
     def __call__(self) -> None:
+        if self.library == "numpy":
+            import numpy as np
+
+            np.add(self._buffer, 1.0, out=self._buffer)
+            return
         import torch
 
         self._buffer.add_(1.0)

@@ -224,12 +224,12 @@ def measure_matmul_stage(
 
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
-    flushes: dict[str, CacheFlush] = {}
+    flushes: dict[tuple[str, str], CacheFlush] = {}
 
-    def flush(on: str) -> CacheFlush:  # one buffer per device, made when first needed
-        if on not in flushes:
-            flushes[on] = CacheFlush(on)
-        return flushes[on]
+    def flush(on: str, library: str) -> CacheFlush:  # one buffer each, made when first needed
+        if (on, library) not in flushes:
+            flushes[on, library] = CacheFlush(on, library=library)
+        return flushes[on, library]
 
     for job in _plan(device, list(dtypes), [tuple(s) for s in shapes]):
         backend = backends.get(job.backend)
@@ -303,7 +303,7 @@ def _with_note(backend: backends.Backend, job: _Job, method: str) -> str:
 
 def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_time_s: float,
                  warmup: int, bandwidth_mib: int, min_samples: int, max_attempts: int,
-                 wait_limit: float, flush: Callable[[], CacheFlush] | None = None,
+                 wait_limit: float, flush: Callable[[str, str], CacheFlush] | None = None,
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Time one job, again while the guard finds it disturbed; (row values, sample rows).
     ``flush`` gives the device's :class:`mlpbench.caches.CacheFlush` for a matmul_cold job."""
@@ -315,7 +315,8 @@ def _measure_job(job: _Job, backend: backends.Backend, threads: int, min_run_tim
     results = []
     try:
         operands = _operands(job, bandwidth_mib)
-        cold = flush(job.device) if job.kind == "matmul_cold" and flush else None
+        cold = (flush(job.device, backend.flush_with)
+                if job.kind == "matmul_cold" and flush else None)
         with backend.context(_statement_kind(job), job.device):
             for _ in range(max_attempts):
                 result = measure(backend.statements[_statement_kind(job)], operands,
