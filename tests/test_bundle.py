@@ -136,7 +136,7 @@ def test_round_trip_keeps_every_table_and_the_record(results, good):
     assert opened.table("train/toy/cpu/decision.parquet") is None
     assert opened.table("train/toy/cpu/losses.parquet") is None
     record = json.loads((results / "machine" / f"{HOST}.json").read_text())
-    assert opened.machine == record
+    assert opened.machine == bundle_module.shareable_record(record)
     assert opened.config == CONFIG
     assert opened.manifest == own.manifest
 
@@ -490,3 +490,15 @@ def test_snakemake_bundle_writes_a_bundle_that_opens(tiny_bundle):
     # the bundle is not part of the default run: nothing past the stages ran
     assert not (tiny_bundle / "results" / "report").exists()
     assert "bundle: " in (tiny_bundle / "logs" / "bundle" / "test-machine.log").read_text()
+
+
+def test_a_bundle_names_libraries_not_the_folders_they_live_in(results, good):
+    """The thread pools' paths (a home folder, a virtual environment) stay on the machine."""
+    record = json.loads((results / "machine" / f"{HOST}.json").read_text())
+    record["blas"] = {"threadpools": [
+        {"filepath": "/home/alice/venv/lib/libgomp.so.1", "user_api": "openmp"}]}
+    shared = bundle_module.shareable_record(record)
+    assert shared["blas"]["threadpools"][0] == {"filepath": "libgomp.so.1", "user_api": "openmp"}
+    assert record["blas"]["threadpools"][0]["filepath"].startswith("/home/alice")  # not changed
+    for pool in (open_bundle(good).machine.get("blas") or {}).get("threadpools") or []:
+        assert "/" not in pool["filepath"]

@@ -9,7 +9,8 @@ holds, under their paths relative to ``results/``:
   version: the run's, from its machine record, plus the ``mlpbench`` and ``pyarrow`` that wrote
   the bundle), ``hardware`` (:attr:`Bundle.hardware`) and ``members`` (path -> ``sha256`` hex
   digest and size in ``bytes`` of every other member);
-- ``machine.json``: the run's machine record (``results/machine/<machine_id>.json``);
+- ``machine.json``: the run's machine record (``results/machine/<machine_id>.json``), with the
+  thread pools' library paths cut to file names (:func:`shareable_record`);
 - ``config.yaml``: the run's effective config (as its machine record holds it);
 - the stage tables, byte for byte as the run wrote them: ``matmul/<device>.parquet`` with its
   ``.environment`` and ``.samples`` tables, ``train/<dataset>/<device>/<table>.parquet`` for
@@ -239,6 +240,17 @@ def _packages(machine: Mapping[str, Any]) -> dict[str, str | None]:
     return dict(sorted(packages.items()))
 
 
+def shareable_record(machine: Mapping[str, Any]) -> dict[str, Any]:
+    """The machine record as a bundle carries it: every thread pool's ``filepath`` cut to its
+    file name (``libgomp.so.1``), so that a bundle shows which libraries ran, not the folders of
+    the machine they were installed in (a home folder, say). Everything else as recorded."""
+    out = json.loads(json.dumps(machine))
+    for pool in (out.get("blas") or {}).get("threadpools") or []:
+        if isinstance(pool, dict) and pool.get("filepath"):
+            pool["filepath"] = Path(str(pool["filepath"])).name
+    return out
+
+
 def _config_text(config: Mapping[str, Any]) -> bytes:
     return yaml.safe_dump(dict(config), sort_keys=True, default_flow_style=False,
                           allow_unicode=True).encode()
@@ -260,6 +272,8 @@ def _collect(results: PathLike, machine_id: str) -> tuple[dict[str, bytes], Bund
         raise BundleError(f"{machine_path}: machine_id is {machine['machine_id']!r}, expected "
                           f"{machine_id!r}; {remedy}")
     config = machine["config"]
+    machine = shareable_record(machine)
+    machine_bytes = json.dumps(machine, indent=2, sort_keys=True).encode()
     members: dict[str, bytes] = {MACHINE: machine_bytes, CONFIG: _config_text(config)}
     tables = {}
     for member in _member_paths_checked(config, str(machine_path), remedy):
