@@ -279,12 +279,20 @@ show(L.code("epoch_time"))
 
 # %%
 #| echo: false
-# Other machines (config `compare:`): shown only when more than one machine was measured.
+#| output: asis
+# Other machines (config `compare:`): shown only when more than one machine was measured. The
+# heading has a cell of its own whose output is document Markdown under Quarto (output: asis),
+# so that it joins the table of contents like the headings of the Markdown cells.
 from mlpbench.narrative import MachinePassages
 
 M = MachinePassages(S.t)
 if M.present:
-    show("## Machines", M.intro(), M.machines_table(), "★ the baseline of every speed-up.",
+    show("## Machines")
+
+# %%
+#| echo: false
+if M.present:
+    show(M.intro(), M.machines_table(), "★ the baseline of every speed-up.",
          *M.config_notes(),
          "### The lesson's product on every machine", M.unavailable(),
          M.lesson_table(), M.lesson_caveat(), *M.speedup_sentences())

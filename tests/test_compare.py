@@ -300,6 +300,9 @@ def test_findings_of_the_comparison(compared):
 def test_report_shows_every_machine(compared):
     text, html = compared["text"], compared["html"]
     assert re.search(r"<h2[^>]*>.*Machines", html)
+    if 'id="TOC"' in html:  # Quarto's table of contents lists the section like the others
+        toc = html[html.index('id="TOC"'):html.index("</nav>", html.index('id="TOC"'))]
+        assert ">Machines</a>" in toc
     assert "This run is compared with 2 other machines" in text
     for needle in ("laptop-b", "gpu-box", f"{OWN} (this run)", "the lesson's slides",
                    LAPTOP_CREATED, GPU_CREATED, "Laptop CPU B @ 1.8GHz", GPU_NAME,

@@ -202,3 +202,21 @@ def test_a_diverged_cell_of_the_accuracy_grid_says_so(tables_dirs):
         assert "every seed\ndiverged" in _texts(fig)
     finally:
         plt.close(fig)
+
+
+def test_the_roofline_draws_when_every_copy_was_flagged_noisy(tables_dirs, tmp_path):
+    """On a busy machine the guard can flag every copy: no memory roof, so no product has a
+    share of it; the figure says so instead of failing on an empty log axis."""
+    tables = load_tables(tables_dirs["cpu_only"])
+    mm = tables["matmul"]
+    copy = mm["kind"] == "copy"
+    mm.loc[copy, "noisy"] = True
+    mm.loc[copy, "noise_reason"] = "disturbed"
+    for col in ("bandwidth_gb_s", "bandwidth_share", "ridge_flop_per_byte"):
+        mm[col] = float("nan")
+    fig = FIGURES["matmul_roofline"]({**tables, "matmul": mm})
+    try:
+        save_png(fig, tmp_path / "roofline.png")
+        assert any("No memory roof: every copy was flagged noisy" in t for t in _texts(fig))
+    finally:
+        plt.close(fig)

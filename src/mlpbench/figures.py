@@ -235,6 +235,7 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
         _empty(ax, "No successful timings.")
         _empty(ax2, "No successful timings.")
     else:
+        shares_drawn = False
         if ok.empty:
             _note(ax2, "Every timing was disturbed (flagged noisy): no roof is drawn and no "
                        "share of it is shown.")
@@ -246,9 +247,10 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
                            facecolors=style["color"] if dtype == "float32" else "none")
             handles[series_label(backend, device, dtype)] = h
             mv = g[g["case"].isin(["gemv", "lesson"])].assign(mib=lambda d: d["bytes"] / 2**20)
-            mv = mv.sort_values("mib")
+            mv = mv[np.isfinite(mv["bandwidth_share"])].sort_values("mib")
             if len(mv):
                 ax2.plot(mv["mib"], mv["bandwidth_share"], **style)
+                shares_drawn = True
         if len(flagged):
             handles[NOISY_LABEL] = ax.scatter(flagged["intensity_flop_per_byte"],
                                               flagged["gflop_s"], **NOISY_STYLE)
@@ -285,11 +287,15 @@ def fig_matmul_roofline(tables: Tables) -> Figure:
         _log(ax, "y")
         ax.set_xlabel("arithmetic intensity (FLOP / operand byte)")
         ax.set_ylabel("achieved GFLOP/s")
-        ax2.axhline(1.0, color="black", linewidth=1, linestyle=":")
-        _log(ax2, "x")
-        ax2.set_xlabel("operand bytes (MiB)")
-        ax2.set_ylabel("achieved GB/s ÷ measured copy GB/s")
-        ax2.set_ylim(bottom=0)
+        if shares_drawn:
+            ax2.axhline(1.0, color="black", linewidth=1, linestyle=":")
+            _log(ax2, "x")
+            ax2.set_xlabel("operand bytes (MiB)")
+            ax2.set_ylabel("achieved GB/s ÷ measured copy GB/s")
+            ax2.set_ylim(bottom=0)
+        elif len(ok):
+            _empty(ax2, "No memory roof: every copy was flagged noisy (disturbed), so no "
+                        "product has a share of it.")
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=3,
                    frameon=False)
