@@ -90,7 +90,7 @@ def test_warm_against_cold_lesson_timings_are_told():
     rows = lesson_cpu() + [mm_row("torch", "cpu", "float32", kind="matmul_cold", t=1.5e-4)]
     text = with_matmul(rows).cache_part()
     assert "torch CPU float32 100 µs warm, 150 µs cold" in text
-    assert "On this machine the cache made 1 of 1 of these products more than 10% faster" in text
+    assert "For 1 of 1 of these the warm timing was faster beyond the spread of both" in text
     # without cold rows the report says nothing about it
     assert with_matmul(lesson_cpu()).cache_part() == ""
 
@@ -105,3 +105,23 @@ def test_copy_rates_that_disagree_are_named_beside_the_roof():
     text = Story({**tables, "findings": findings_table(tables)}).size_answer()
     assert "The copies on CPU disagree: torch CPU float32 moved 24 GB/s, NumPy CPU float32 " \
            "only 12 GB/s (2.00×). The memory roof is the highest" in text
+    assert "`np.copyto` copies on one thread" in text  # NumPy is the slow one here
+
+
+def test_the_method_describes_cold_timings_apart_from_the_timer():
+    from test_findings import mm_row
+
+    warm = "Timer.blocked_autorange(min_run_time=0.05); stmt `np.matmul(x, y, out=z)`; 2 threads"
+    cold = ("5 single calls, each timed alone; before each call, untimed: the caches emptied by "
+            "writing a 600 MiB buffer (2 x the 300 MiB L3, sysfs) with numpy; stmt "
+            "`np.matmul(x, y, out=z)`; 2 threads")
+    rows = [{**r, "method": warm} for r in lesson_cpu()]
+    rows.append(mm_row("numpy", "cpu", "float32", kind="matmul_cold", t=1.5e-4, method=cold))
+    base = story([summary_row()])
+    tables = {**base.t, "matmul": pd.DataFrame(rows)}
+    text = Story({**tables, "findings": findings_table(tables)}).method_items()
+    timer = next(line for line in text.split("\n") if "**Timer.**" in line)
+    assert "before each call" not in timer and "single calls" not in timer
+    assert ("**Cold timings.** The lesson's product was also timed cold (kind `matmul_cold`): "
+            "5 single calls, each timed alone, and before each call, untimed, the caches emptied "
+            "by writing a 600 MiB buffer (2 x the 300 MiB L3, sysfs) with numpy") in text

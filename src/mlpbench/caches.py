@@ -2,10 +2,11 @@
 
 A warm timing (the same operands, call after call, as ``%timeit`` takes it) reads from the
 cache whatever of the operands the cache keeps between calls. The lesson's ``y`` (6400 x 5000)
-is 128 MB in float32: far larger than the cache of the machine the lesson ran on, so every call
-there streamed ``y`` from main memory. On a machine whose last-level cache holds a good part of
-it (server CPUs with hundreds of MiB of shared L3), the warm time measures partly the cache, and
-on a shared machine it moves with whatever other programs keep in that shared cache. A cold
+is 128 MB in float32: several times the last-level cache of most laptops and desktop CPUs, where
+every call streams ``y`` from main memory (the lesson does not state its hardware). On a machine
+whose last-level cache holds a good part of it (server CPUs with hundreds of MiB of shared L3),
+the warm time can measure partly the cache, and on a shared machine it can move with whatever
+other programs keep in that shared cache. A cold
 timing writes a buffer twice the size of the last-level cache before each call (untimed), so
 the call finds none of its operands cached, whatever the machine.
 

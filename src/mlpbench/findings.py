@@ -70,9 +70,10 @@ RULES = {
                               f"above {ABOVE_COPY:g} beats the copy benchmark, at least "
                               f"{BANDWIDTH_BOUND:g} is bandwidth bound, below is held back",
     "gemv_cache": "matrix-vector products above the copy bandwidth (share > 1) run from cache",
-    "lesson_cache": f"the lesson product's warm median (operands reused call after call) more "
-                    f"than {CACHE_EFFECT:.0%} below its cold median (caches emptied before "
-                    f"every call): the cache helps",
+    "lesson_cache": f"the cache helps when the lesson product's warm timing (operands reused "
+                    f"call after call; median ± IQR/2) lies wholly below its cold one (caches "
+                    f"emptied before every call) and its median more than {CACHE_EFFECT:.0%} "
+                    f"below; otherwise within the spread (or cold faster)",
     "best_square": "the square product with the highest GFLOP/s",
     "rises_with_size": f"within one series a product that took more than "
                        f"{NON_MONOTONIC_FACTOR:g}× the time of a larger one does not rise "
@@ -521,8 +522,11 @@ def _twin_timings(mm: pd.DataFrame, tolerance: float) -> list[dict]:
 def _cache_effect(mm: pd.DataFrame, threshold: float = CACHE_EFFECT) -> list[dict]:
     """Per lesson-case series: the warm timing (``matmul``, operands reused call after call, as
     ``%timeit`` takes it) against the cold one (``matmul_cold``, caches emptied before every
-    call). Verdict ``cache_helps`` when the warm median is more than ``threshold`` below the
-    cold one, else ``no_cache_effect``; value = warm, reference = cold (s)."""
+    call). Each is taken as the range median ± IQR/2 (its middle half of samples, about);
+    verdict ``cache_helps`` when the warm range lies wholly below the cold one and the warm
+    median is more than ``threshold`` below the cold median, ``cold_faster`` when the cold range
+    lies wholly below the warm one, else ``within_spread`` (the rule of :func:`compare_ranges`,
+    as for training times). value = warm, reference = cold (s)."""
     out = []
     ok = mm[(mm["case"] == "lesson") & (mm["status"] == "ok")]
     warm, cold = ok[ok["kind"] == "matmul"], ok[ok["kind"] == "matmul_cold"]
@@ -533,12 +537,17 @@ def _cache_effect(mm: pd.DataFrame, threshold: float = CACHE_EFFECT) -> list[dic
             continue
         c = c.iloc[0]
         t_warm, t_cold = float(w["time_s_median"]), float(c["time_s_median"])
-        helps = t_warm < (1 - threshold) * t_cold
+        half_w, half_c = float(w["time_s_iqr"]) / 2, float(c["time_s_iqr"]) / 2
+        order = compare_ranges(t_warm - half_w, t_warm + half_w, t_cold - half_c,
+                               t_cold + half_c)
+        verdict = ("cache_helps" if order == "slower" and t_warm < (1 - threshold) * t_cold
+                   else "cold_faster" if order == "faster" else "within_spread")
         out.append(_row("lesson_cache", "matmul", _series(w["backend"], w["device"], w["dtype"]),
-                        "cache_helps" if helps else "no_cache_effect",
+                        verdict,
                         {"warm": _key(w, [*MM_KEY, "gb_s", "bandwidth_share"]),
                          "cold": _key(c, [*MM_KEY, "gb_s", "bandwidth_share"]),
-                         "cold_over_warm": t_cold / t_warm, "threshold": threshold},
+                         "cold_over_warm": t_cold / t_warm, "threshold": threshold,
+                         "ranges": "median ± IQR/2"},
                         device=w["device"], value=t_warm, reference_value=t_cold, unit="s"))
     return out
 

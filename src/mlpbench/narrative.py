@@ -435,20 +435,21 @@ class Story:
                  f"{fmt_time(f['reference_value'])} cold" for f in rows]
         text = ("Every timing above reuses the same operands call after call, as `%timeit` "
                 "does, so whatever part of `y` the caches keep between calls is read from the "
-                "cache. The lesson's `y` (128 MB in float32) was far larger than the cache of the "
-                "machine it ran on, so there every call read `y` from main memory. This run also "
-                "timed the lesson's product with the caches emptied before every call (a buffer "
-                "twice the size of the last-level cache written, untimed): " + "; ".join(parts)
-                + ". ")
+                "cache. (The lesson does not say what it ran on; where `y`, 128 MB in float32, is "
+                "several times the last-level cache, as on most laptops, hardly any of it "
+                "stays.) This run also timed the lesson's product with the caches emptied before "
+                "every call (a buffer twice the size of the last-level cache written, untimed): "
+                + "; ".join(parts) + ". ")
         if helped:
             return text + (
-                f"On this machine the cache made {len(helped)} of {len(rows)} of these products "
-                f"more than {pct(rows[0]['ev']['threshold'], 0)} faster: the cold times are the "
-                "ones to set beside the lesson's, and the warm ones depend on what else the "
-                "machine keeps in its shared cache at the time.")
-        return text + ("The cache made none of them more than "
-                       f"{pct(rows[0]['ev']['threshold'], 0)} faster here: `y` streams from main "
-                       "memory either way, as on the lesson's machine.")
+                f"For {len(helped)} of {len(rows)} of these the warm timing was faster beyond "
+                "the spread of both (median ± half the interquartile range) and by more than "
+                f"{pct(rows[0]['ev']['threshold'], 0)}: there the cache served part of `y` "
+                "between calls, and such warm times move with whatever else the machine keeps "
+                "in its cache. Set beside the lesson's numbers, the cold ones are the "
+                "like-for-like case where `y` comes from main memory.")
+        return text + ("Warm and cold lie within each other's spread (or cold was faster): "
+                       "on this machine the timings show no help from the cache.")
 
     def size_answer(self) -> str:
         text = []
@@ -461,11 +462,13 @@ class Story:
                 f"backend by bandwidth share ({series_label(r['backend'], r['device'], r['dtype'])}"
                 f") moved {num(r['gb_s'])} GB/s, {pct(share['value'], 0)} of the copy bandwidth "
                 "measured on the same device: " + {
-                    "above_copy_bandwidth": "more than the copy benchmark reached. The timer "
-                    "repeats the same product, so a processor with caches of this size serves "
-                    "much of the matrix from cache rather than memory (or the copy benchmark "
-                    "streams less than a matrix product with all threads does); either way the "
-                    "product is limited by how fast its bytes arrive, not by arithmetic.",
+                    "above_copy_bandwidth": "more than the copy benchmark reached. Two things "
+                    "can do that: the timer repeats the same product, so the caches can serve "
+                    "part of the matrix; and the copy counts the bytes it reads and writes, "
+                    "while the memory also reads each line the copy writes into before "
+                    "overwriting it, so a read-only stream such as this product can pass the "
+                    "copy's rate. Either way the product is limited by how fast its bytes "
+                    "arrive, not by arithmetic.",
                     "bandwidth_bound": "memory bandwidth is what limits it.",
                     "below_bandwidth": "well below what the memory delivered in the copy "
                     "benchmark, so this timing was held back by something besides bandwidth.",
@@ -478,9 +481,11 @@ class Story:
                 f"{series_label(hi['backend'], f['device'], hi['dtype'])} moved "
                 f"{num(hi['gb_s'])} GB/s, {series_label(lo['backend'], f['device'], lo['dtype'])}"
                 f" only {num(lo['gb_s'])} GB/s ({times(f['value'])}). The memory roof is the "
-                f"highest, what the memory delivered at best: `np.copyto` copies on one thread "
-                f"while torch's copy uses its thread pool, and a disturbed copy can only be "
-                f"slower, never faster, than the memory allows. Each rate is in the table below.")
+                f"highest, what the memory delivered at best: a disturbed copy can only be "
+                f"slower, never faster, than the memory allows"
+                + (" (and `np.copyto` copies on one thread, while torch's copy uses its thread "
+                   "pool)" if lo["backend"] == "numpy" and hi["backend"] != "numpy" else "")
+                + ". Each rate is in the table below.")
         if cache:
             text.append(
                 f"Smaller matrix-vector products can beat the copy bandwidth (up to "
@@ -837,8 +842,15 @@ class Story:
 
     def method_items(self) -> str:
         mm = self.mm
-        # The stage writes "timer; stmt `...`; detail; detail" per row: list each part once.
-        parts = [m.split("; ") for m in mm.loc[mm["status"] == "ok", "method"].dropna().unique()]
+        # The stage writes "timer; stmt `...`; detail; detail" per row: list each part once. The
+        # cold rows are timed another way (single calls after a cache flush): an item of their own.
+        ok = mm["status"] == "ok"
+        cold = ok & (mm["kind"] == "matmul_cold")
+        parts = [m.split("; ") for m in mm.loc[ok & ~cold, "method"].dropna().unique()]
+        cold_parts = [m.split("; ") for m in mm.loc[cold, "method"].dropna().unique()]
+        flushes = list(dict.fromkeys(x.removeprefix("before each call, untimed: ")
+                                     for p in cold_parts for x in p
+                                     if x.startswith("before each call, untimed: ")))
         timers = list(dict.fromkeys(p[0] for p in parts))
         stmts = list(dict.fromkeys(x.removeprefix("stmt ") for p in parts for x in p[1:]
                                    if x.startswith("stmt ")))
@@ -862,6 +874,10 @@ class Story:
                + " per product, after warm-up); every sample is kept in "
                "`results/matmul/<device>.samples.parquet`."
                if blocks else "."),
+            *([f"**Cold timings.** The lesson's product was also timed cold (kind "
+               f"`matmul_cold`): {cold_parts[0][0]}, and before each call, untimed, "
+               + "; or ".join(flushes) + " (each backend flushes with its own library)."]
+              if cold_parts and flushes else []),
             self.training_timing_item(),
             "**Disturbed timings.** During every timing the job reads, from the Linux "
             "scheduler, how long its threads were ready to run but waited for a CPU that other "
