@@ -27,7 +27,7 @@ from mlpbench.bundle import (
     open_bundle,
     write_bundle,
 )
-from mlpbench.config import config_hash
+from mlpbench.config import LESSON_MACHINE, config_hash
 from mlpbench.io import write_json_atomic
 from synthetic_results import HOST, machine_info, write_inputs
 from workflow_helpers import TINY, copy_pipeline, snakemake
@@ -358,6 +358,31 @@ def test_machine_record_that_contradicts_the_manifest(good, tmp_path):
     path = rezip(members, tmp_path / "liar.zip", reseal=True)
     assert ("machine.json and the manifest disagree (machine.json vs manifest: logical_cores "
             "64 vs 2)") in refusal(path)
+
+
+def test_the_lessons_machine_id_is_refused(good, results, tmp_path):
+    """'lesson' names the lesson's slides' row: a bundle under it would mix into their rows."""
+    members = members_of(good)
+    record = json.loads(members["machine.json"])
+    record["machine_id"] = LESSON_MACHINE
+    members["machine.json"] = json.dumps(record).encode()
+    manifest = json.loads(members["manifest.json"])
+    manifest["machine_id"] = LESSON_MACHINE
+    path = rezip(members, tmp_path / "lesson.zip", manifest=manifest, reseal=True)
+    message = refusal(path)
+    assert message.startswith(f"{path}: machine.json: machine_id 'lesson' is reserved for the "
+                              f"lesson's slides"), message
+    assert "allowed: any other machine id" in message and "machine_id=NAME" in message
+    with pytest.raises(BundleError, match=r"machine_id 'lesson' is reserved"):
+        load_bundles([good, path])
+    # Nor can a run under that name write one.
+    run = shutil.copytree(results, tmp_path / "run" / "results")
+    machine = json.loads((run / "machine" / f"{HOST}.json").read_text())
+    machine["machine_id"] = LESSON_MACHINE
+    write_json_atomic(machine, run / "machine" / f"{LESSON_MACHINE}.json")
+    with pytest.raises(BundleError, match=r"machine_id 'lesson' is reserved"):
+        write_bundle(run, LESSON_MACHINE, tmp_path / "out.zip")
+    assert not (tmp_path / "out.zip").exists()
 
 
 def test_member_larger_than_the_cap(good, monkeypatch):

@@ -337,7 +337,7 @@ def test_changed_bundle_reruns_only_the_aggregation(compared):
 
 
 @pytest.mark.parametrize("case", ["edited", "truncated", "not_a_bundle", "own_id_other_cpu",
-                                  "no_match", "unknown_baseline"])
+                                  "no_match", "unknown_baseline", "own_id_lesson"])
 def test_refused_before_any_job_changes_nothing(compared, tmp_path, case):
     work = compared["work"]
     good = work / "shared" / "laptop-b.zip"
@@ -359,6 +359,9 @@ def test_refused_before_any_job_changes_nothing(compared, tmp_path, case):
                                 cpu_model="Impostor CPU")
         write_bundle(other, OWN, bad)
         expected = f"{bad}: machine_id '{OWN}' is already used by"
+    elif case == "own_id_lesson":  # the lesson's slides' machine_id is reserved
+        config = {"machine_id": compare.LESSON_MACHINE}
+        expected = "invalid config at 'machine_id': \"lesson\" is not allowed"
     elif case == "no_match":
         config = {"compare": {"bundles": ["shared/nothing-*.zip"]}}
         expected = "invalid config at 'compare.bundles[0]': \"shared/nothing-*.zip\""

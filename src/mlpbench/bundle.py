@@ -27,7 +27,8 @@ fixed timestamp, so the same results give the same bytes.
 :class:`BundleError` of one line ``<file>: <problem>; <what to do>``, before anything from it is
 used, when it is not a zip, truncated or damaged, not a bundle, from a newer format, has a member
 whose name is unsafe or unexpected, missing, not in the manifest, edited (checksum) or too large,
-or a table that does not match the results contract (:mod:`mlpbench.contract`).
+or a table that does not match the results contract (:mod:`mlpbench.contract`), or claims the
+machine_id reserved for the lesson's slides (:data:`mlpbench.config.LESSON_MACHINE`).
 :func:`load_bundles` also refuses a second bundle that claims an existing ``machine_id`` with
 different hardware.
 
@@ -56,6 +57,7 @@ import yaml
 
 from mlpbench import __version__ as _MLPBENCH_VERSION
 from mlpbench import contract
+from mlpbench.config import LESSON_MACHINE
 from mlpbench.config import config_hash as _config_hash
 from mlpbench.io import write_bytes_atomic
 
@@ -376,6 +378,12 @@ def _parse_machine(data: bytes, where: str, remedy: str) -> dict[str, Any]:
         raise _fail(where, f"machine_id {machine['machine_id']!r} is not a machine id "
                            f"(letters, digits, '.', '_', '-', starting with a letter or digit)",
                     remedy)
+    if machine["machine_id"] == LESSON_MACHINE:
+        raise _fail(where, f"machine_id {LESSON_MACHINE!r} is reserved for the lesson's slides "
+                           f"in the machine comparison; allowed: any other machine id",
+                    "rerun with another name (`snakemake --cores 4 --config machine_id=NAME`, "
+                    "then `snakemake --cores 1 bundle --config machine_id=NAME`) and use that "
+                    "bundle")
     if not isinstance(machine["config"], dict):
         raise _fail(where, "the machine record holds no config", remedy)
     if _config_hash(machine["config"]) != machine["config_hash"]:
@@ -446,8 +454,9 @@ def open_bundle(path: PathLike) -> Bundle:
     (no manifest, another ``format``), comes from a newer ``format_version``, has a member name
     that is unsafe (absolute, ``..``, backslash) or not a bundle member, a member that is missing,
     not in the manifest, larger than :data:`MAX_MEMBER_BYTES` or whose sha256 differs from the
-    manifest (edited), a machine record or config that does not match the manifest, or a table
-    that does not match its contract (a missing, extra or renamed column, a wrong type).
+    manifest (edited), a machine record or config that does not match the manifest, a machine_id
+    reserved for the lesson's slides (:data:`mlpbench.config.LESSON_MACHINE`), or a table that
+    does not match its contract (a missing, extra or renamed column, a wrong type).
     """
     source = os.fspath(path)
     try:

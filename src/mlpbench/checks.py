@@ -17,7 +17,10 @@ where it says number, and does not check again.
    its hash is taken, so ``epochs: [20.0]`` and ``epochs: [20]`` are one config.
 3. **Cross-field rules** of the data sets that this run trains (``train.datasets``): a grid-mode
    ``baseline`` must lie on the grid's axes; every data set must leave at least one training
-   point per class after its split; ``batch_size`` must not exceed the training set.
+   point per class after its split; ``batch_size`` must not exceed the training set. And
+   ``machine_id`` (or this host's name, where it is null) must not be
+   :data:`mlpbench.config.LESSON_MACHINE` (``"lesson"``), the lesson's slides' row in the
+   machine comparison.
 4. **Sizes that cannot fit**: the bytes each job must hold at once (see
    :func:`matmul_parts` and :func:`training_parts`) against this machine's memory.
 
@@ -46,7 +49,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import data
-from .config import ConfigError, invalid, key_path, number_bounds, resolve
+from .config import LESSON_MACHINE, ConfigError, invalid, key_path, machine_id, number_bounds, resolve
 from .grid import AXES, plan_shapes, resolve_seeds
 
 __all__ = [
@@ -81,6 +84,7 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], *,
     (:func:`machine_memory`), and where that is unknown the size checks are skipped.
     """
     _walk(config, schema, schema, [])
+    _check_machine_id(config.get("machine_id"))
     train = config["train"]
     for name in train["datasets"]:
         _check_experiment(name, train["experiments"][name])
@@ -129,6 +133,17 @@ def _walk(value: Any, schema: Mapping[str, Any], root: dict, path: list) -> Any:
         # Only the branch whose structure the value has changes anything (seeds: n or a list).
         value = _walk(value, branch, root, path)
     return value
+
+
+def _check_machine_id(explicit: str | None) -> None:
+    """Refuse the machine_id reserved for the lesson's slides (given, or this host's name)."""
+    if machine_id(explicit) == LESSON_MACHINE:
+        reason = (f"{_show(LESSON_MACHINE)} names the lesson's slides in the machine comparison"
+                  + ("" if explicit is not None else "; null uses this host's name, which is "
+                     f"{_show(LESSON_MACHINE)}"))
+        raise _refuse(["machine_id"], explicit, reason,
+                      f"any other name of letters, digits, '.', '_' and '-' (not "
+                      f"{_show(LESSON_MACHINE)})")
 
 
 # -------------------------------------------------------------------------------------------
