@@ -381,6 +381,48 @@ def test_refused_before_any_job_changes_nothing(compared, tmp_path, case):
     assert results_snapshot(work / "results") == before
 
 
+def test_own_id_with_other_hardware_is_refused_on_a_fresh_clone(compared, tmp_path):
+    """No machine record yet (a fresh clone): the bundle is checked against this machine's
+    hardware at parse time, before the machine job, so results/ is never made."""
+    impostor = another_machine(compared["work"] / "results", tmp_path / "impostor", OWN,
+                               cpu_model="Impostor CPU @ 9.9GHz")
+    bad = write_bundle(impostor, OWN, tmp_path / "impostor.zip")
+    fresh = copy_pipeline(tmp_path / "fresh")
+    shutil.copy(TINY, fresh / "tiny.yaml")
+    (fresh / "compare.yaml").write_text(json.dumps({"compare": {"bundles": [str(bad)]}}))
+    result = snakemake(fresh, "--cores", "2", "--configfile", "tiny.yaml", "compare.yaml")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    lines = [line for line in out.splitlines()
+             if line.startswith(f"{bad}: machine_id '{OWN}' is already used by this run on this "
+                                f"machine (no results/machine/{OWN}.json yet")]
+    assert len(lines) == 1, out[-3000:]
+    assert "cpu_model 'Impostor CPU @ 9.9GHz' vs " in lines[0]
+    assert not (fresh / "results").exists()
+
+
+def test_own_id_is_checked_against_this_machine_without_a_record(compared, tmp_path):
+    """The same check in the library; a bundle of this very machine under its id passes."""
+    from mlpbench.bundle import BundleError, host_hardware
+    from mlpbench.cpu import core_counts, cpu_model
+
+    impostor = another_machine(compared["work"] / "results", tmp_path / "impostor", OWN,
+                               cpu_model="Impostor CPU @ 9.9GHz")
+    bad = write_bundle(impostor, OWN, tmp_path / "impostor.zip")
+    config = {"compare": {"bundles": [str(bad)], "reference": False}}
+    with pytest.raises(BundleError, match=r"already used by this run on this machine"):
+        check_compare(config, compare_sources(config, tmp_path), OWN, tmp_path)
+    physical, logical = core_counts()
+    assert host_hardware()["cpu_model"] == cpu_model()
+    same = another_machine(compared["work"] / "results", tmp_path / "same", OWN,
+                           cpu_model=cpu_model(), physical_cores=physical,
+                           logical_cores=logical)
+    good = write_bundle(same, OWN, tmp_path / "same.zip")
+    config = {"compare": {"bundles": [str(good)], "reference": False}}
+    assert [b.machine_id for b in check_compare(config, compare_sources(config, tmp_path), OWN,
+                                                tmp_path)] == [OWN]
+
+
 def test_refused_bundle_in_the_library_names_the_file(bundles, tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 not really")

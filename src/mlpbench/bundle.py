@@ -72,6 +72,7 @@ __all__ = [
     "BundleError",
     "bundle_from_results",
     "hardware",
+    "host_hardware",
     "load_bundles",
     "member_paths",
     "open_bundle",
@@ -223,6 +224,28 @@ def hardware(machine: Mapping[str, Any]) -> dict[str, Any]:
     names = [gpu.get("name")] * count if gpu.get("available") else []
     return {"cpu_model": machine.get("cpu_model"), "logical_cores": machine.get("logical_cores"),
             "physical_cores": machine.get("physical_cores"), "gpu_names": names}
+
+
+def host_hardware() -> dict[str, Any]:
+    """The hardware fingerprint of the machine this runs on, read without torch, as
+    :func:`hardware` gives it from a machine record that this machine would write: ``cpu_model``,
+    ``logical_cores`` and ``physical_cores`` as :mod:`mlpbench.cpu` reads them (and so as
+    :mod:`mlpbench.machine` records them), and ``gpu_names`` empty where no GPU driver is
+    installed (:func:`mlpbench.devices.no_driver_reason`).
+
+    Where a driver is present, the GPUs' names cannot be read without importing torch (or
+    running nvidia-smi, seconds on some machines), which parsing the workflow must not do:
+    ``gpu_names`` is then left out, and :func:`load_bundles` compares the CPU alone.
+    """
+    from mlpbench.cpu import core_counts, cpu_model
+    from mlpbench.devices import no_driver_reason
+
+    physical, logical = core_counts()
+    out: dict[str, Any] = {"cpu_model": cpu_model(), "logical_cores": logical,
+                           "physical_cores": physical}
+    if no_driver_reason() is not None:
+        out["gpu_names"] = []
+    return out
 
 
 # --------------------------------------------------------------------------- writing
@@ -635,8 +658,11 @@ def _same_content(a: Bundle, b: Bundle) -> bool:
     return a.machine_id == b.machine_id and a.manifest["members"] == b.manifest["members"]
 
 
-def _difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+def _difference(a: Mapping[str, Any], b: Mapping[str, Any], *, common: bool = False) -> str:
+    """The keys whose values differ, in words ("" when none): of either mapping, or with
+    ``common`` of both only."""
+    keys = set(a) & set(b) if common else set(a) | set(b)
+    keys = [k for k in sorted(keys) if a.get(k) != b.get(k)]
     return ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
 
 
@@ -651,7 +677,9 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
 
     Raises :class:`BundleError` on the first bad bundle, and when a bundle claims the
     ``machine_id`` of another (or of ``own``) with different hardware, naming both files; nothing
-    from a refused set is used.
+    from a refused set is used. Hardware is compared on the keys both fingerprints hold (the
+    hardware of ``own`` read at parse time may lack ``gpu_names``:
+    :func:`host_hardware`).
     """
     unique: list[PathLike] = []
     seen_paths: set[str] = set()
@@ -674,11 +702,12 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
         for other in others:
             if other.machine_id != bundle.machine_id:
                 continue
-            if other.hardware != bundle.hardware:
+            # common keys: own's hardware read at parse time may lack the GPUs' names
+            differs = _difference(bundle.hardware, other.hardware, common=True)
+            if differs:
                 raise _fail(bundle.source,
                             f"machine_id {bundle.machine_id!r} is already used by "
-                            f"{other.source} with different hardware "
-                            f"({_difference(bundle.hardware, other.hardware)})",
+                            f"{other.source} with different hardware ({differs})",
                             "two machines need two machine ids: rerun one of them with "
                             "`snakemake --cores 4 --config machine_id=NAME`, then "
                             "`snakemake --cores 1 bundle --config machine_id=NAME`, and use "

@@ -446,7 +446,9 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
     """Open and verify every bundle of ``sources`` (in memory) and check ``compare.baseline``.
 
     Returns the opened :class:`mlpbench.bundle.Bundle` objects (empty, and nothing imported,
-    when there are none). Raises :class:`mlpbench.bundle.BundleError` (one line naming the
+    when there are none). A bundle with ``own_machine_id`` is checked against this run's
+    hardware: its machine record under ``root/results/machine/`` where one exists, else this
+    machine's (:func:`mlpbench.bundle.host_hardware`). Raises :class:`mlpbench.bundle.BundleError` (one line naming the
     file and the problem) for the first bad bundle, so nothing from a refused set is used and
     no job runs; ``ConfigError`` when ``compare.baseline`` is neither this run's machine_id
     nor that of a compared bundle.
@@ -454,21 +456,29 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
     paths = [Path(root) / p for p in (*sources.bundles, *sources.reference)]
     bundles: list[Any] = []
     if paths:
-        from .bundle import Bundle, hardware, load_bundles  # only when there is something
+        from .bundle import Bundle, hardware, host_hardware, load_bundles  # only when needed
 
-        # This run's machine record, where an earlier run wrote it: a bundle that claims this
-        # machine_id with other hardware is refused now, not in the aggregate job.
-        own = None
+        # This run's hardware, so that a bundle claiming this machine_id with other hardware is
+        # refused now, before the machine job runs and the aggregate job would fail: from its
+        # machine record where an earlier run wrote one, else read from this machine now, with
+        # neither torch nor a job (mlpbench.bundle.host_hardware). Where a GPU driver is
+        # installed, the GPUs' names cannot be read without torch, so only the CPU model and
+        # core counts are compared then; the aggregate job compares the GPUs too.
         record = Path(root) / "results" / "machine" / f"{own_machine_id}.json"
+        machine = None
         if record.is_file():
             try:
                 machine = json.loads(record.read_text())
             except (OSError, ValueError):
-                machine = None  # the machine rule writes it again; the aggregate job checks
-            if isinstance(machine, dict):
-                own = Bundle(str(record), {"machine_id": own_machine_id,
-                                           "hardware": hardware(machine), "members": {}},
-                             machine, {}, {})
+                machine = None  # the machine rule writes it again
+        if isinstance(machine, dict):
+            own_hardware, source = hardware(machine), str(record)
+        else:
+            own_hardware = host_hardware()
+            source = f"this run on this machine (no {record} yet, its hardware read now)"
+        own = Bundle(source, {"machine_id": own_machine_id, "hardware": own_hardware,
+                              "members": {}}, machine if isinstance(machine, dict) else {},
+                     {}, {})
         bundles = load_bundles(paths, own=own)
     baseline = (config.get("compare") or {}).get("baseline")
     if baseline is not None:
