@@ -545,3 +545,60 @@ def test_shipped_reference_bundles_are_labelled_as_such(compared):
     assert m.loc["gpu-box", "origin"] == "reference" and m.loc["gpu-box", "is_baseline"]
     assert m.loc["laptop-b", "origin"] == "bundle"
     assert set(tables["machines_agreement"]["baseline_machine_id"]) == {"gpu-box"}
+
+
+def test_ensembles_of_other_sizes_compare_the_lessons_loop(bundles):
+    """4 seeds here, 2 there: no ensemble row matches, so the loop rows (one network) are
+    compared and the report says why, never an unexplained empty table."""
+    from mlpbench.narrative import MachinePassages
+
+    laptop = bundles["laptop"]
+    tables = {}
+    for dataset in ("toy", "blobs"):
+        t = frame(laptop, f"train/{dataset}/cpu/timings.parquet")
+        ens = t["method"] == "ensemble"
+        assert (t.loc[ens, "n_members"] > 2).all() and (t.loc[~ens, "n_members"] == 1).all()
+        t.loc[ens, "n_members"] = 2
+        tables[f"train__{dataset}__cpu__timings"] = arrow(t, contract.TRAIN["timings"])
+    other = with_tables(laptop, "two-seeds", **tables)
+    out = compare.compare_tables(bundles["own"], [other])
+    f = machine_findings(out)
+    epoch = f[f["finding"] == "machine_epoch_fastest"]
+    assert set(epoch["dataset"]) == {"toy", "blobs"}
+    for _, row in epoch.iterrows():
+        ev = json.loads(row["evidence"])
+        assert ev["method"] == "loop" and ev["n_members"] == 1
+        assert set(ev["times_per_epoch_s"]) == {OWN, "two-seeds"}
+        assert ev["ensemble_members"]["two-seeds"] == [2]
+        assert ev["ensemble_members"][OWN] != [2]
+        assert "one network (the lesson's loop)" in row["subject"]
+    passages = MachinePassages({**out, "findings": f})
+    table = passages.epoch_table()
+    assert len(table) == 4 and table["network"].str.endswith(
+        "one network (the lesson's loop)").all()
+    assert (table[f"× {OWN}"] != "n/a").all()
+    note = passages.epoch_note()
+    assert note.startswith("Ensemble rows are not compared for ")
+    assert "`two-seeds` 2 members" in note and "one network at a time" in note
+    # The same sizes compare ensembles, and need no note.
+    same = machine_findings(compare.compare_tables(bundles["own"], [laptop]))
+    ev = [json.loads(e) for e in same.loc[same["finding"] == "machine_epoch_fastest",
+                                           "evidence"]]
+    assert ev and all(e["method"] == "ensemble" and "ensemble_members" not in e for e in ev)
+    assert MachinePassages({**compare.compare_tables(bundles["own"], [laptop]),
+                            "findings": same}).epoch_note() == ""
+
+
+def test_no_shared_network_says_why_the_epoch_table_is_empty(bundles):
+    from mlpbench.narrative import MachinePassages
+
+    laptop = bundles["laptop"]
+    config = json.loads(json.dumps(laptop.config))
+    config["train"]["threads"] = 2  # other conditions: no epoch time is comparable
+    other = dataclasses.replace(with_tables(laptop, "other-threads"), config=config)
+    out = compare.compare_tables(bundles["own"], [other])
+    f = machine_findings(out)
+    assert f[f["finding"] == "machine_epoch_fastest"].empty
+    passages = MachinePassages({**out, "findings": f})
+    assert passages.epoch_table().empty
+    assert passages.epoch_note().startswith("No network was timed on two machines")

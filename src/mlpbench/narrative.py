@@ -1467,10 +1467,36 @@ class MachinePassages:
                           f"`tables/findings.csv`)." if more > 0 else "."))
         return out
 
+    def epoch_note(self) -> str:
+        """What the epoch-time table compares, and why ensemble rows are not compared where
+        the machines trained ensembles of different sizes; never an unexplained empty table."""
+        found = self.find("machine_epoch_fastest")
+        if not found:
+            return ("No network was timed on two machines with the same data, threads, "
+                    "momentum and batch size, so no time per epoch is compared below; every "
+                    "machine's timings are in `tables/machines_epoch_time.csv`.")
+        loop = [f for f in found if f["ev"].get("method") == "loop"]
+        if not loop:
+            return ""
+        sizes = []
+        for f in loop:
+            members = f["ev"].get("ensemble_members") or {}
+            said = ", ".join(f"`{m}` {' and '.join(map(str, n))}"
+                             for m, n in list(members.items())[:self.SHOWN])
+            sizes.append(f"{f['dataset']} on {device_name(f['device'])}"
+                         + (f" ({said} members)" if said else ""))
+        return ("Ensemble rows are not compared for " + "; ".join(sizes) + ": the machines "
+                "trained ensembles of different sizes, and an ensemble's time per epoch grows "
+                "with its members. Those rows below are the lesson's loop instead, which "
+                "trains one network at a time, the same work on every machine.")
+
     def epoch_table(self) -> pd.DataFrame:
         rows = []
         for f in self.find("machine_epoch_fastest"):
             ev = f["ev"]
+            method = ev.get("method", "ensemble")
+            network = (f"{ev['n_members']} members" if method == "ensemble"
+                       else "one network (the lesson's loop)")
             for mid, t in ev["times_per_epoch_s"].items():
                 sel = self.times[(self.times["machine_id"] == mid)
                                  & (self.times["dataset"] == f["dataset"])
@@ -1478,10 +1504,9 @@ class MachinePassages:
                                  & (self.times["width"] == ev["width"])
                                  & (self.times["depth"] == ev["depth"])
                                  & (self.times["n_members"] == ev["n_members"])
-                                 & (self.times["method"] == "ensemble")]
+                                 & (self.times["method"] == method)]
                 rows.append({"data set": f["dataset"], "device": device_name(f["device"]),
-                             "network": f"width {ev['width']}, depth {ev['depth']}, "
-                                        f"{ev['n_members']} members",
+                             "network": f"width {ev['width']}, depth {ev['depth']}, {network}",
                              "machine": self.label(mid) + (" (fastest)"
                                                            if mid == ev["fastest"] else ""),
                              "time per epoch": fmt_time(t),
