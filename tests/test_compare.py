@@ -602,3 +602,42 @@ def test_no_shared_network_says_why_the_epoch_table_is_empty(bundles):
     passages = MachinePassages({**out, "findings": f})
     assert passages.epoch_table().empty
     assert passages.epoch_note().startswith("No network was timed on two machines")
+
+
+def test_noisy_machines_are_named_in_the_figure_and_counted_in_the_sentence(bundles):
+    """A machine whose lesson product was flagged noisy is left out of the fastest machine
+    and of the bars, and both say so; a shipped reference is labelled as one."""
+    from mlpbench.figures import fig_machines
+    from mlpbench.narrative import MachinePassages
+
+    def flagged(bundle, machine_id, noisy):
+        mm = frame(bundle, "matmul/cpu.parquet")
+        mm["noisy"] = noisy & (mm["case"] == "lesson")
+        return with_tables(bundle, machine_id, matmul__cpu=arrow(mm, contract.MATMUL))
+
+    own = flagged(bundles["own"], OWN, False)
+    laptop = flagged(bundles["laptop"], "laptop-b", True)
+    gpu = flagged(bundles["gpu"], "gpu-box", False)
+    out = compare.compare_tables(own, [laptop, gpu], reference=[gpu.source])
+    f = machine_findings(out)
+    fastest = f[f["finding"] == "machine_fastest"]
+    cpu = [json.loads(e) for e, d in zip(fastest["evidence"], fastest["device"]) if d == "cpu"]
+    assert cpu and all(e["noisy_left_out"] == ["laptop-b"] for e in cpu)
+    assert all("laptop-b" not in e["times_s"] for e in cpu)
+    sentence = MachinePassages({**out, "findings": f}).speedup_sentences()[0]
+    assert sentence.startswith("Fastest machine for the lesson's product, per series: ")
+    assert sentence.count("the timing of 1 other machine was flagged noisy and left out") \
+        == len(cpu)
+    fig = fig_machines({**out, "findings": f})
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    cpu_axes = [ax for ax in axes if "CPU" in ax.get_title().split("\n")[0]
+                and not ax.get_title().startswith("epoch")]
+    assert cpu_axes
+    for ax in cpu_axes:
+        assert "flagged noisy, left out: laptop-b" in ax.get_title()
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        assert "gpu-box (reference)" in ticks and not any(t.startswith("laptop-b")
+                                                          for t in ticks)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

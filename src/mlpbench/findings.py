@@ -947,17 +947,25 @@ def _machine_rows(machines: pd.DataFrame, mm: pd.DataFrame, et: pd.DataFrame,
     ok = mm[(mm["status"] == "ok") & ~mm["noisy"].astype(bool)
             & (mm["machine_id"] != LESSON_MACHINE) & (mm["kind"] == "matmul")]
     lesson_case = ok[ok["case"] == "lesson"]
+    # Machines whose lesson product of a series was timed but flagged noisy (and so is not
+    # compared): the sentence naming the fastest says how many were left out.
+    flagged = mm[(mm["status"] == "ok") & mm["noisy"].astype(bool) & (mm["case"] == "lesson")
+                 & (mm["machine_id"] != LESSON_MACHINE) & (mm["kind"] == "matmul")]
+    noisy = {key: set(g["machine_id"]) for key, g in
+             flagged.groupby(["backend", "device", "dtype"], sort=True)}
     for (backend, device, dtype), g in lesson_case.groupby(["backend", "device", "dtype"],
                                                           sort=True):
         best = g.loc[g["time_s_median"].idxmin()]
         base = g[g["machine_id"] == base_id]
         verdict = "baseline" if best["machine_id"] == base_id else "other_machine"
+        left_out = sorted(noisy.get((backend, device, dtype), set()) - set(g["machine_id"]))
         rows.append(_row(
             "machine_fastest", "machines", f"lesson product, {_series(backend, device, dtype)}",
             verdict, {"fastest": best["machine_id"], "baseline": base_id,
                       "backend": backend, "dtype": dtype,
                       "shape": _key(best, ["m", "k", "n"]),
-                      "times_s": dict(zip(g["machine_id"], g["time_s_median"]))},
+                      "times_s": dict(zip(g["machine_id"], g["time_s_median"])),
+                      "noisy_left_out": left_out},
             device=device, value=best["time_s_median"],
             reference_value=base["time_s_median"].min() if len(base) else math.nan, unit="s"))
     f32 = lesson_case[lesson_case["dtype"] == "float32"]

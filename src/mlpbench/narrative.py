@@ -1445,10 +1445,19 @@ class MachinePassages:
         out = []
         fastest = self.find("machine_fastest")
         if fastest:
+            def noisy(f: dict) -> str:
+                n = len(f["ev"].get("noisy_left_out") or [])
+                if not n:
+                    return ""
+                return ("; the timing of 1 other machine was flagged noisy and left out"
+                        if n == 1 else f"; the timings of {n} other machines were flagged "
+                                       f"noisy and left out")
+
             items = [f"{series_label(f['ev']['backend'], f['device'], f['ev']['dtype'])}: "
                      f"`{f['ev']['fastest']}` ({fmt_time(f['value'])}"
-                     + (f"; `{self.baseline}` {fmt_time(f['reference_value'])})"
-                        if f["verdict"] != "baseline" and finite(f["reference_value"]) else ")")
+                     + (f"; `{self.baseline}` {fmt_time(f['reference_value'])}"
+                        if f["verdict"] != "baseline" and finite(f["reference_value"]) else "")
+                     + noisy(f) + ")"
                      for f in fastest]
             out.append("Fastest machine for the lesson's product, per series: "
                        + "; ".join(items) + ".")
