@@ -452,6 +452,31 @@ def test_machine_id_conflict_with_other_hardware(good, tmp_path):
     assert "config machine_id=NAME" in message
 
 
+def test_a_clash_with_a_shipped_reference_refuses_the_users_bundle(good, tmp_path):
+    """The user's bundle is the one refused, whatever the order, with the easy remedy."""
+    other_results = make_results(tmp_path / "other", cpu_model="Another CPU @ 3.0GHz")
+    users = write_bundle(other_results, HOST, tmp_path / "users.zip")
+    with pytest.raises(BundleError) as info:
+        load_bundles([users, good], reference=[good])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{users}: machine_id {HOST!r} is already used by {good} with "
+                              f"different hardware (cpu_model 'Another CPU @ 3.0GHz' vs ")
+    assert message.endswith("or leave the shipped reference bundles out with "
+                            "`--config 'compare={reference: false}'`")
+    # Between two bundles of the user's, the later one is refused, without that remedy.
+    with pytest.raises(BundleError) as info:
+        load_bundles([good, users])
+    assert str(info.value).startswith(f"{users}: machine_id {HOST!r} is already used by {good}")
+    assert "reference: false" not in str(info.value)
+    # This run under a shipped bundle's machine_id: the shipped one cannot be used.
+    with pytest.raises(BundleError) as info:
+        load_bundles([good], own=bundle_from_results(other_results, HOST), reference=[good])
+    assert str(info.value).startswith(f"{good}: machine_id {HOST!r} is already used by "
+                                      f"{other_results}")
+    assert str(info.value).endswith("`--config 'compare={reference: false}'`")
+
+
 def test_machine_id_conflict_with_own_results(results, tmp_path):
     other_results = make_results(tmp_path / "other", cpu_model="Another CPU @ 3.0GHz")
     other = write_bundle(other_results, HOST, tmp_path / "other.zip")

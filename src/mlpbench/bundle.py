@@ -666,7 +666,8 @@ def _difference(a: Mapping[str, Any], b: Mapping[str, Any], *, common: bool = Fa
     return ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
 
 
-def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[Bundle]:
+def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None, *,
+                 reference: Sequence[PathLike] = ()) -> list[Bundle]:
     """Open every bundle in ``paths`` (:func:`open_bundle`) and check them together.
 
     Returns the distinct bundles in the order given: a file given twice, or a bundle with the
@@ -677,7 +678,9 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
 
     Raises :class:`BundleError` on the first bad bundle, and when a bundle claims the
     ``machine_id`` of another (or of ``own``) with different hardware, naming both files; nothing
-    from a refused set is used. Hardware is compared on the keys both fingerprints hold (the
+    from a refused set is used. ``reference``: those of ``paths`` that were shipped with the
+    project; in such a clash the user's bundle is the one named as refused (a shipped one only
+    when it clashes with ``own``), and the message adds how to leave the shipped ones out. Hardware is compared on the keys both fingerprints hold (the
     hardware of ``own`` read at parse time may lack ``gpu_names``:
     :func:`host_hardware`).
     """
@@ -695,6 +698,11 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
     workers = max(1, min(len(unique), cpus))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         opened = list(pool.map(open_bundle, unique))
+    shipped = {os.path.realpath(p) for p in reference}
+
+    def is_shipped(b: Bundle) -> bool:
+        return b is not own and os.path.realpath(b.source) in shipped
+
     kept: list[Bundle] = []
     for bundle in opened:
         others = ([own] if own is not None else []) + kept
@@ -703,15 +711,23 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
             if other.machine_id != bundle.machine_id:
                 continue
             # common keys: own's hardware read at parse time may lack the GPUs' names
-            differs = _difference(bundle.hardware, other.hardware, common=True)
-            if differs:
-                raise _fail(bundle.source,
+            if _difference(bundle.hardware, other.hardware, common=True):
+                # The user's bundle is refused, not the shipped one it clashes with.
+                refused, holder = ((other, bundle) if is_shipped(bundle)
+                                   and not is_shipped(other) and other is not own
+                                   else (bundle, other))
+                remedy = ("two machines need two machine ids: rerun one of them with "
+                          "`snakemake --cores 4 --config machine_id=NAME`, then "
+                          "`snakemake --cores 1 bundle --config machine_id=NAME`, and use "
+                          "that bundle instead")
+                if is_shipped(bundle) or is_shipped(other):
+                    remedy += (", or leave the shipped reference bundles out with "
+                               "`--config 'compare={reference: false}'`")
+                raise _fail(refused.source,
                             f"machine_id {bundle.machine_id!r} is already used by "
-                            f"{other.source} with different hardware ({differs})",
-                            "two machines need two machine ids: rerun one of them with "
-                            "`snakemake --cores 4 --config machine_id=NAME`, then "
-                            "`snakemake --cores 1 bundle --config machine_id=NAME`, and use "
-                            "that bundle instead")
+                            f"{holder.source} with different hardware "
+                            f"({_difference(refused.hardware, holder.hardware, common=True)})",
+                            remedy)
             duplicate = duplicate or _same_content(bundle, other)
         if not duplicate:
             kept.append(bundle)

@@ -479,7 +479,8 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
         own = Bundle(source, {"machine_id": own_machine_id, "hardware": own_hardware,
                               "members": {}}, machine if isinstance(machine, dict) else {},
                      {}, {})
-        bundles = load_bundles(paths, own=own)
+        bundles = load_bundles(paths, own=own,
+                               reference=[Path(root) / p for p in sources.reference])
     baseline = (config.get("compare") or {}).get("baseline")
     if baseline is not None:
         ids = list(dict.fromkeys([own_machine_id, *(b.machine_id for b in bundles)]))

@@ -460,5 +460,5 @@ def compare_from_files(results: str | os.PathLike, machine_id: str, *,
     from mlpbench.bundle import bundle_from_results, load_bundles
 
     own = bundle_from_results(results, machine_id)
-    opened = load_bundles([*bundles, *reference], own=own)
+    opened = load_bundles([*bundles, *reference], own=own, reference=reference)
     return compare_tables(own, opened, reference=[str(p) for p in reference], baseline=baseline)
