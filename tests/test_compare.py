@@ -641,3 +641,29 @@ def test_noisy_machines_are_named_in_the_figure_and_counted_in_the_sentence(bund
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_every_core_threads_say_what_the_run_used(bundles):
+    """matmul.threads 0 means every core: the note says how many threads that was, and that
+    both runs used as many."""
+    from mlpbench.narrative import MachinePassages
+
+    laptop = bundles["laptop"]
+    config = json.loads(json.dumps(laptop.config))
+    config["matmul"]["threads"] = 0
+    mm = frame(laptop, "matmul/cpu.parquet")
+    assert (mm["threads"] == 1).all()  # what the tiny config's matmul.threads 1 ran
+    other = dataclasses.replace(with_tables(laptop, "all-cores"), config=config)
+    out = compare.compare_tables(bundles["own"], [other])
+    notes = MachinePassages({**out, "findings": machine_findings(out)}).config_notes()
+    assert len(notes) == 1
+    assert ("`matmul.threads` 0 (= every core: 1 thread) vs 1, both ran 1 thread"
+            in notes[0]), notes
+    # Where the rows do not say one number, the note says what 0 means.
+    mm["threads"] = [1, 2] * (len(mm) // 2) + [1] * (len(mm) % 2)
+    mixed = dataclasses.replace(with_tables(laptop, "mixed", matmul__cpu=arrow(
+        mm, contract.MATMUL)), config=config)
+    out = compare.compare_tables(bundles["own"], [mixed])
+    notes = MachinePassages({**out, "findings": machine_findings(out)}).config_notes()
+    assert "`matmul.threads` 0 (= every core) vs 1;" in notes[0] or \
+        "`matmul.threads` 0 (= every core) vs 1." in notes[0], notes

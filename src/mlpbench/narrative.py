@@ -1552,6 +1552,34 @@ class MachinePassages:
             "why not compared": differ["reason"]})
         return [text + " What differs, or was not compared:", table]
 
+    # Config keys whose 0 means "every core": the threads a run used are in its matmul rows.
+    EVERY_CORE_KEYS = ("matmul.threads",)
+
+    def _threads_used(self, machine_id: str) -> int | None:
+        """The CPU threads of ``machine_id``'s matmul rows, when they all say one number."""
+        if self.mm.empty or "threads" not in self.mm:
+            return None
+        rows = self.mm[(self.mm["machine_id"] == machine_id) & (self.mm["device"] == "cpu")]
+        used = set(rows["threads"].dropna().astype(int))
+        return used.pop() if len(used) == 1 else None
+
+    def _config_value(self, key: str, value: Any, machine_id: str) -> str:
+        """A config value as the notes show it; 0 of an every-core key with what it meant."""
+        shown = json.dumps(value)
+        if key in self.EVERY_CORE_KEYS and value == 0:
+            used = self._threads_used(machine_id)
+            shown += (f" (= every core: {plural(used, 'thread')})" if used is not None
+                      else " (= every core)")
+        return shown
+
+    def _same_threads(self, key: str, a: str, b: str) -> str:
+        """", the same N threads on both" where an every-core key's runs used as many."""
+        if key not in self.EVERY_CORE_KEYS:
+            return ""
+        used_a, used_b = self._threads_used(a), self._threads_used(b)
+        return (f", both ran {plural(used_a, 'thread')}"
+                if used_a is not None and used_a == used_b else "")
+
     def config_notes(self) -> list[str]:
         out = []
         found = self.find("machine_config")
@@ -1561,7 +1589,10 @@ class MachinePassages:
                        f"keys); the first {self.SHOWN}:")
         for f in found[:self.SHOWN]:
             keys = f["ev"]["keys"]
-            shown = "; ".join(f"`{k}` {json.dumps(v[0])} vs {json.dumps(v[1])}"
+            mid, base = f["ev"]["machine_id"], f["ev"].get("baseline", self.baseline)
+            shown = "; ".join(f"`{k}` " + self._config_value(k, v[0], mid) + " vs "
+                              + self._config_value(k, v[1], base)
+                              + self._same_threads(k, mid, base)
                               for k, v in list(keys.items())[:8])
             more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
             out.append(f"`{f['ev']['machine_id']}` ran another config than `{self.baseline}`: "
