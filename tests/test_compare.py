@@ -458,6 +458,10 @@ def test_baseline_must_be_a_compared_machine():
     with pytest.raises(ConfigError, match=r"compare\.baseline.*Allowed: null \(this run\) or "
                                           r"one of \"test-machine\""):
         check_compare({"compare": {"baseline": "gpu-box"}}, none, OWN)
+    with pytest.raises(ConfigError, match=r"^invalid config at 'compare\.baseline': \"lesson\" "
+                                          r"is not allowed \(the lesson's slides are compared "
+                                          r"against"):
+        check_compare({"compare": {"baseline": "lesson"}}, none, OWN)
 
 
 # --------------------------------------------------------------------------- the library

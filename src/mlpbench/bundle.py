@@ -15,8 +15,8 @@ holds, under their paths relative to ``results/``:
 - the stage tables, byte for byte as the run wrote them: ``matmul/<device>.parquet`` with its
   ``.environment`` and ``.samples`` tables, ``train/<dataset>/<device>/<table>.parquet`` for
   every training table except the decision grid (``decision.parquet``) and the per-epoch loss
-  curves (``losses.parquet``): the two largest tables, together about 20 MB of the default
-  run's 23 MB, and neither compared across machines (the comparison checks each member's loss
+  curves (``losses.parquet``): the two largest tables, together about 21 MB of the default
+  run's 22 MB of stage tables, and neither compared across machines (the comparison checks each member's loss
   and accuracies at every checkpoint, from ``metrics.parquet``); and ``lesson/<table>.parquet``. Which devices and data sets is
   read from the run's config, never globbed, so files of an earlier config are left out.
 
@@ -87,8 +87,8 @@ FORMAT = "mlpbench-bundle"
 FORMAT_VERSION = 1
 
 # Limits that keep a hostile or broken file from exhausting memory (a zip bomb): the zip itself,
-# one member's and all members' uncompressed sizes, and the number of members. The default config's bundle is
-# about 3 MB with 50 members.
+# one member's and all members' uncompressed sizes, and the number of members. The default
+# config's bundle is about 0.5 MB with 36 members, the manifest included.
 MAX_BUNDLE_BYTES = 512 * 2**20
 MAX_MEMBER_BYTES = 256 * 2**20
 MAX_TOTAL_BYTES = 1024 * 2**20
@@ -98,7 +98,7 @@ MANIFEST = "manifest.json"
 MACHINE = "machine.json"
 CONFIG = "config.yaml"
 # Training tables left out of a bundle: large and not compared across machines. Without the
-# loss curves (1.2 MB and 288,000 rows per data set in the default run) a bundle opens in a
+# loss curves (1.0 MB and 208,000 rows per data set in the default run) a bundle opens in a
 # third of the time and holds a tenth of the memory, which is what keeps a merge of 100
 # bundles within seconds; losses at every checkpoint stay in metrics.parquet.
 LEFT_OUT_TRAIN_TABLES = ("decision", "losses")

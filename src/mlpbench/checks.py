@@ -485,7 +485,10 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
     if baseline is not None:
         ids = list(dict.fromkeys([own_machine_id, *(b.machine_id for b in bundles)]))
         if baseline not in ids:
-            raise _refuse(["compare", "baseline"], baseline,
-                          "no compared machine has this machine_id",
+            reason = ("the lesson's slides are compared against (speedup_vs_lesson), but "
+                      "they are not a machine that ran this config"
+                      if baseline == LESSON_MACHINE else
+                      "no compared machine has this machine_id")
+            raise _refuse(["compare", "baseline"], baseline, reason,
                           f"null (this run) or one of {', '.join(map(_show, ids))}")
     return bundles
