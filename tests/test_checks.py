@@ -11,7 +11,8 @@ import yaml
 from snakemake.utils import update_config
 
 from mlpbench.checks import check_config, machine_memory, matmul_parts, training_parts
-from mlpbench.config import LESSON_MACHINE, ConfigError, config_hash, read_config_file, validate_config
+from mlpbench.config import (LESSON_MACHINE, ConfigError, config_hash, read_config_file,
+                             validate_config)
 from mlpbench.data import config_schema
 from workflow_helpers import REPO
 

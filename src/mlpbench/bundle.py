@@ -16,9 +16,10 @@ holds, under their paths relative to ``results/``:
   ``.environment`` and ``.samples`` tables, ``train/<dataset>/<device>/<table>.parquet`` for
   every training table except the decision grid (``decision.parquet``) and the per-epoch loss
   curves (``losses.parquet``): the two largest tables, together about 21 MB of the default
-  run's 22 MB of stage tables, and neither compared across machines (the comparison checks each member's loss
-  and accuracies at every checkpoint, from ``metrics.parquet``); and ``lesson/<table>.parquet``. Which devices and data sets is
-  read from the run's config, never globbed, so files of an earlier config are left out.
+  run's 22 MB of stage tables, and neither compared across machines (the comparison checks
+  each member's loss and accuracies at every checkpoint, from ``metrics.parquet``); and
+  ``lesson/<table>.parquet``. Which devices and data sets is read from the run's config, never
+  globbed, so files of an earlier config are left out.
 
 No member is a pickle: JSON, YAML and parquet only. Members are written in a fixed order with a
 fixed timestamp, so the same results give the same bytes.
@@ -680,9 +681,9 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None, *,
     ``machine_id`` of another (or of ``own``) with different hardware, naming both files; nothing
     from a refused set is used. ``reference``: those of ``paths`` that were shipped with the
     project; in such a clash the user's bundle is the one named as refused (a shipped one only
-    when it clashes with ``own``), and the message adds how to leave the shipped ones out. Hardware is compared on the keys both fingerprints hold (the
-    hardware of ``own`` read at parse time may lack ``gpu_names``:
-    :func:`host_hardware`).
+    when it clashes with ``own``), and the message adds how to leave the shipped ones out.
+    Hardware is compared on the keys both fingerprints hold (the hardware of ``own`` read at
+    parse time may lack ``gpu_names``: :func:`host_hardware`).
     """
     unique: list[PathLike] = []
     seen_paths: set[str] = set()

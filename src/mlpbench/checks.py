@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import data
-from .config import LESSON_MACHINE, ConfigError, invalid, key_path, machine_id, number_bounds, resolve
+from .config import (LESSON_MACHINE, ConfigError, invalid, key_path, machine_id,
+                     number_bounds, resolve)
 from .grid import AXES, plan_shapes, resolve_seeds
 
 __all__ = [
@@ -448,10 +449,11 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
     Returns the opened :class:`mlpbench.bundle.Bundle` objects (empty, and nothing imported,
     when there are none). A bundle with ``own_machine_id`` is checked against this run's
     hardware: its machine record under ``root/results/machine/`` where one exists, else this
-    machine's (:func:`mlpbench.bundle.host_hardware`). Raises :class:`mlpbench.bundle.BundleError` (one line naming the
-    file and the problem) for the first bad bundle, so nothing from a refused set is used and
-    no job runs; ``ConfigError`` when ``compare.baseline`` is neither this run's machine_id
-    nor that of a compared bundle.
+    machine's (:func:`mlpbench.bundle.host_hardware`). Raises
+    :class:`mlpbench.bundle.BundleError` (one line naming the file and the problem) for the
+    first bad bundle, so nothing from a refused set is used and no job runs; ``ConfigError``
+    when ``compare.baseline`` is neither this run's machine_id nor that of a compared bundle
+    (the lesson's slides are not: they did not run the config).
     """
     paths = [Path(root) / p for p in (*sources.bundles, *sources.reference)]
     bundles: list[Any] = []
