@@ -27,7 +27,7 @@ from mlpbench.bundle import (
     open_bundle,
     write_bundle,
 )
-from mlpbench.config import config_hash
+from mlpbench.config import LESSON_MACHINE, config_hash
 from mlpbench.io import write_json_atomic
 from synthetic_results import HOST, machine_info, write_inputs
 from workflow_helpers import TINY, copy_pipeline, snakemake
@@ -360,6 +360,31 @@ def test_machine_record_that_contradicts_the_manifest(good, tmp_path):
             "64 vs 2)") in refusal(path)
 
 
+def test_the_lessons_machine_id_is_refused(good, results, tmp_path):
+    """'lesson' names the lesson's slides' row: a bundle under it would mix into their rows."""
+    members = members_of(good)
+    record = json.loads(members["machine.json"])
+    record["machine_id"] = LESSON_MACHINE
+    members["machine.json"] = json.dumps(record).encode()
+    manifest = json.loads(members["manifest.json"])
+    manifest["machine_id"] = LESSON_MACHINE
+    path = rezip(members, tmp_path / "lesson.zip", manifest=manifest, reseal=True)
+    message = refusal(path)
+    assert message.startswith(f"{path}: machine.json: machine_id 'lesson' is reserved for the "
+                              f"lesson's slides"), message
+    assert "allowed: any other machine id" in message and "machine_id=NAME" in message
+    with pytest.raises(BundleError, match=r"machine_id 'lesson' is reserved"):
+        load_bundles([good, path])
+    # Nor can a run under that name write one.
+    run = shutil.copytree(results, tmp_path / "run" / "results")
+    machine = json.loads((run / "machine" / f"{HOST}.json").read_text())
+    machine["machine_id"] = LESSON_MACHINE
+    write_json_atomic(machine, run / "machine" / f"{LESSON_MACHINE}.json")
+    with pytest.raises(BundleError, match=r"machine_id 'lesson' is reserved"):
+        write_bundle(run, LESSON_MACHINE, tmp_path / "out.zip")
+    assert not (tmp_path / "out.zip").exists()
+
+
 def test_member_larger_than_the_cap(good, monkeypatch):
     monkeypatch.setattr(bundle_module, "MAX_MEMBER_BYTES", 1024)
     message = refusal(good)
@@ -427,6 +452,31 @@ def test_machine_id_conflict_with_other_hardware(good, tmp_path):
     assert "config machine_id=NAME" in message
 
 
+def test_a_clash_with_a_shipped_reference_refuses_the_users_bundle(good, tmp_path):
+    """The user's bundle is the one refused, whatever the order, with the easy remedy."""
+    other_results = make_results(tmp_path / "other", cpu_model="Another CPU @ 3.0GHz")
+    users = write_bundle(other_results, HOST, tmp_path / "users.zip")
+    with pytest.raises(BundleError) as info:
+        load_bundles([users, good], reference=[good])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{users}: machine_id {HOST!r} is already used by {good} with "
+                              f"different hardware (cpu_model 'Another CPU @ 3.0GHz' vs ")
+    assert message.endswith("or leave the shipped reference bundles out with "
+                            "`--config 'compare={reference: false}'`")
+    # Between two bundles of the user's, the later one is refused, without that remedy.
+    with pytest.raises(BundleError) as info:
+        load_bundles([good, users])
+    assert str(info.value).startswith(f"{users}: machine_id {HOST!r} is already used by {good}")
+    assert "reference: false" not in str(info.value)
+    # This run under a shipped bundle's machine_id: the shipped one cannot be used.
+    with pytest.raises(BundleError) as info:
+        load_bundles([good], own=bundle_from_results(other_results, HOST), reference=[good])
+    assert str(info.value).startswith(f"{good}: machine_id {HOST!r} is already used by "
+                                      f"{other_results}")
+    assert str(info.value).endswith("`--config 'compare={reference: false}'`")
+
+
 def test_machine_id_conflict_with_own_results(results, tmp_path):
     other_results = make_results(tmp_path / "other", cpu_model="Another CPU @ 3.0GHz")
     other = write_bundle(other_results, HOST, tmp_path / "other.zip")
@@ -460,7 +510,7 @@ def test_load_refuses_the_whole_set_on_one_bad_bundle(good, tmp_path):
 
 def test_reading_bundles_imports_neither_torch_nor_pandas():
     """The workflow imports mlpbench.bundle while it builds the DAG."""
-    code = ("import sys, mlpbench.bundle; "
+    code = ("import sys, mlpbench.bundle; mlpbench.bundle.host_hardware(); "
             "print(sorted(m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

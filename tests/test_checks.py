@@ -11,7 +11,8 @@ import yaml
 from snakemake.utils import update_config
 
 from mlpbench.checks import check_config, machine_memory, matmul_parts, training_parts
-from mlpbench.config import ConfigError, config_hash, read_config_file, validate_config
+from mlpbench.config import (LESSON_MACHINE, ConfigError, config_hash, read_config_file,
+                             validate_config)
 from mlpbench.data import config_schema
 from workflow_helpers import REPO
 
@@ -275,6 +276,22 @@ def test_machine_memory_is_the_physical_memory():
 
     memory = machine_memory()
     assert memory == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") and memory > 0
+
+
+def test_the_lessons_machine_id_is_refused():
+    """'lesson' is the lesson's slides' row in the machine comparison."""
+    message = refused({"machine_id": LESSON_MACHINE})
+    assert message.startswith("invalid config at 'machine_id': \"lesson\" is not allowed "
+                              "(\"lesson\" names the lesson's slides in the machine comparison)")
+    assert "Allowed: any other name" in message
+    assert checked({"machine_id": "lesson-laptop"})["machine_id"] == "lesson-laptop"
+
+
+def test_a_host_named_like_the_lesson_needs_a_machine_id(monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "Lesson.example.org")
+    message = refused({})
+    assert message.startswith("invalid config at 'machine_id': null is not allowed"), message
+    assert "this host's name, which is \"lesson\"" in message
 
 
 def test_checking_imports_no_heavy_library():

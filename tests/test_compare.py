@@ -337,7 +337,7 @@ def test_changed_bundle_reruns_only_the_aggregation(compared):
 
 
 @pytest.mark.parametrize("case", ["edited", "truncated", "not_a_bundle", "own_id_other_cpu",
-                                  "no_match", "unknown_baseline"])
+                                  "no_match", "unknown_baseline", "own_id_lesson"])
 def test_refused_before_any_job_changes_nothing(compared, tmp_path, case):
     work = compared["work"]
     good = work / "shared" / "laptop-b.zip"
@@ -359,6 +359,9 @@ def test_refused_before_any_job_changes_nothing(compared, tmp_path, case):
                                 cpu_model="Impostor CPU")
         write_bundle(other, OWN, bad)
         expected = f"{bad}: machine_id '{OWN}' is already used by"
+    elif case == "own_id_lesson":  # the lesson's slides' machine_id is reserved
+        config = {"machine_id": compare.LESSON_MACHINE}
+        expected = "invalid config at 'machine_id': \"lesson\" is not allowed"
     elif case == "no_match":
         config = {"compare": {"bundles": ["shared/nothing-*.zip"]}}
         expected = "invalid config at 'compare.bundles[0]': \"shared/nothing-*.zip\""
@@ -376,6 +379,48 @@ def test_refused_before_any_job_changes_nothing(compared, tmp_path, case):
     lines = [line for line in out.splitlines() if expected in line]
     assert lines, out[-3000:]
     assert results_snapshot(work / "results") == before
+
+
+def test_own_id_with_other_hardware_is_refused_on_a_fresh_clone(compared, tmp_path):
+    """No machine record yet (a fresh clone): the bundle is checked against this machine's
+    hardware at parse time, before the machine job, so results/ is never made."""
+    impostor = another_machine(compared["work"] / "results", tmp_path / "impostor", OWN,
+                               cpu_model="Impostor CPU @ 9.9GHz")
+    bad = write_bundle(impostor, OWN, tmp_path / "impostor.zip")
+    fresh = copy_pipeline(tmp_path / "fresh")
+    shutil.copy(TINY, fresh / "tiny.yaml")
+    (fresh / "compare.yaml").write_text(json.dumps({"compare": {"bundles": [str(bad)]}}))
+    result = snakemake(fresh, "--cores", "2", "--configfile", "tiny.yaml", "compare.yaml")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    lines = [line for line in out.splitlines()
+             if line.startswith(f"{bad}: machine_id '{OWN}' is already used by this run on this "
+                                f"machine (no results/machine/{OWN}.json yet")]
+    assert len(lines) == 1, out[-3000:]
+    assert "cpu_model 'Impostor CPU @ 9.9GHz' vs " in lines[0]
+    assert not (fresh / "results").exists()
+
+
+def test_own_id_is_checked_against_this_machine_without_a_record(compared, tmp_path):
+    """The same check in the library; a bundle of this very machine under its id passes."""
+    from mlpbench.bundle import BundleError, host_hardware
+    from mlpbench.cpu import core_counts, cpu_model
+
+    impostor = another_machine(compared["work"] / "results", tmp_path / "impostor", OWN,
+                               cpu_model="Impostor CPU @ 9.9GHz")
+    bad = write_bundle(impostor, OWN, tmp_path / "impostor.zip")
+    config = {"compare": {"bundles": [str(bad)], "reference": False}}
+    with pytest.raises(BundleError, match=r"already used by this run on this machine"):
+        check_compare(config, compare_sources(config, tmp_path), OWN, tmp_path)
+    physical, logical = core_counts()
+    assert host_hardware()["cpu_model"] == cpu_model()
+    same = another_machine(compared["work"] / "results", tmp_path / "same", OWN,
+                           cpu_model=cpu_model(), physical_cores=physical,
+                           logical_cores=logical)
+    good = write_bundle(same, OWN, tmp_path / "same.zip")
+    config = {"compare": {"bundles": [str(good)], "reference": False}}
+    assert [b.machine_id for b in check_compare(config, compare_sources(config, tmp_path), OWN,
+                                                tmp_path)] == [OWN]
 
 
 def test_refused_bundle_in_the_library_names_the_file(bundles, tmp_path):
@@ -413,6 +458,10 @@ def test_baseline_must_be_a_compared_machine():
     with pytest.raises(ConfigError, match=r"compare\.baseline.*Allowed: null \(this run\) or "
                                           r"one of \"test-machine\""):
         check_compare({"compare": {"baseline": "gpu-box"}}, none, OWN)
+    with pytest.raises(ConfigError, match=r"^invalid config at 'compare\.baseline': \"lesson\" "
+                                          r"is not allowed \(the lesson's slides are compared "
+                                          r"against"):
+        check_compare({"compare": {"baseline": "lesson"}}, none, OWN)
 
 
 # --------------------------------------------------------------------------- the library
@@ -500,3 +549,125 @@ def test_shipped_reference_bundles_are_labelled_as_such(compared):
     assert m.loc["gpu-box", "origin"] == "reference" and m.loc["gpu-box", "is_baseline"]
     assert m.loc["laptop-b", "origin"] == "bundle"
     assert set(tables["machines_agreement"]["baseline_machine_id"]) == {"gpu-box"}
+
+
+def test_ensembles_of_other_sizes_compare_the_lessons_loop(bundles):
+    """4 seeds here, 2 there: no ensemble row matches, so the loop rows (one network) are
+    compared and the report says why, never an unexplained empty table."""
+    from mlpbench.narrative import MachinePassages
+
+    laptop = bundles["laptop"]
+    tables = {}
+    for dataset in ("toy", "blobs"):
+        t = frame(laptop, f"train/{dataset}/cpu/timings.parquet")
+        ens = t["method"] == "ensemble"
+        assert (t.loc[ens, "n_members"] > 2).all() and (t.loc[~ens, "n_members"] == 1).all()
+        t.loc[ens, "n_members"] = 2
+        tables[f"train__{dataset}__cpu__timings"] = arrow(t, contract.TRAIN["timings"])
+    other = with_tables(laptop, "two-seeds", **tables)
+    out = compare.compare_tables(bundles["own"], [other])
+    f = machine_findings(out)
+    epoch = f[f["finding"] == "machine_epoch_fastest"]
+    assert set(epoch["dataset"]) == {"toy", "blobs"}
+    for _, row in epoch.iterrows():
+        ev = json.loads(row["evidence"])
+        assert ev["method"] == "loop" and ev["n_members"] == 1
+        assert set(ev["times_per_epoch_s"]) == {OWN, "two-seeds"}
+        assert ev["ensemble_members"]["two-seeds"] == [2]
+        assert ev["ensemble_members"][OWN] != [2]
+        assert "one network (the lesson's loop)" in row["subject"]
+    passages = MachinePassages({**out, "findings": f})
+    table = passages.epoch_table()
+    assert len(table) == 4 and table["network"].str.endswith(
+        "one network (the lesson's loop)").all()
+    assert (table[f"× {OWN}"] != "n/a").all()
+    note = passages.epoch_note()
+    assert note.startswith("Ensemble rows are not compared for ")
+    assert "`two-seeds` 2 members" in note and "one network at a time" in note
+    # The same sizes compare ensembles, and need no note.
+    same = machine_findings(compare.compare_tables(bundles["own"], [laptop]))
+    ev = [json.loads(e) for e in same.loc[same["finding"] == "machine_epoch_fastest",
+                                           "evidence"]]
+    assert ev and all(e["method"] == "ensemble" and "ensemble_members" not in e for e in ev)
+    assert MachinePassages({**compare.compare_tables(bundles["own"], [laptop]),
+                            "findings": same}).epoch_note() == ""
+
+
+def test_no_shared_network_says_why_the_epoch_table_is_empty(bundles):
+    from mlpbench.narrative import MachinePassages
+
+    laptop = bundles["laptop"]
+    config = json.loads(json.dumps(laptop.config))
+    config["train"]["threads"] = 2  # other conditions: no epoch time is comparable
+    other = dataclasses.replace(with_tables(laptop, "other-threads"), config=config)
+    out = compare.compare_tables(bundles["own"], [other])
+    f = machine_findings(out)
+    assert f[f["finding"] == "machine_epoch_fastest"].empty
+    passages = MachinePassages({**out, "findings": f})
+    assert passages.epoch_table().empty
+    assert passages.epoch_note().startswith("No network was timed on two machines")
+
+
+def test_noisy_machines_are_named_in_the_figure_and_counted_in_the_sentence(bundles):
+    """A machine whose lesson product was flagged noisy is left out of the fastest machine
+    and of the bars, and both say so; a shipped reference is labelled as one."""
+    from mlpbench.figures import fig_machines
+    from mlpbench.narrative import MachinePassages
+
+    def flagged(bundle, machine_id, noisy):
+        mm = frame(bundle, "matmul/cpu.parquet")
+        mm["noisy"] = noisy & (mm["case"] == "lesson")
+        return with_tables(bundle, machine_id, matmul__cpu=arrow(mm, contract.MATMUL))
+
+    own = flagged(bundles["own"], OWN, False)
+    laptop = flagged(bundles["laptop"], "laptop-b", True)
+    gpu = flagged(bundles["gpu"], "gpu-box", False)
+    out = compare.compare_tables(own, [laptop, gpu], reference=[gpu.source])
+    f = machine_findings(out)
+    fastest = f[f["finding"] == "machine_fastest"]
+    cpu = [json.loads(e) for e, d in zip(fastest["evidence"], fastest["device"]) if d == "cpu"]
+    assert cpu and all(e["noisy_left_out"] == ["laptop-b"] for e in cpu)
+    assert all("laptop-b" not in e["times_s"] for e in cpu)
+    sentence = MachinePassages({**out, "findings": f}).speedup_sentences()[0]
+    assert sentence.startswith("Fastest machine for the lesson's product, per series: ")
+    assert sentence.count("the timing of 1 other machine was flagged noisy and left out") \
+        == len(cpu)
+    fig = fig_machines({**out, "findings": f})
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    cpu_axes = [ax for ax in axes if "CPU" in ax.get_title().split("\n")[0]
+                and not ax.get_title().startswith("epoch")]
+    assert cpu_axes
+    for ax in cpu_axes:
+        assert "flagged noisy, left out: laptop-b" in ax.get_title()
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        assert "gpu-box (reference)" in ticks and not any(t.startswith("laptop-b")
+                                                          for t in ticks)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_every_core_threads_say_what_the_run_used(bundles):
+    """matmul.threads 0 means every core: the note says how many threads that was, and that
+    both runs used as many."""
+    from mlpbench.narrative import MachinePassages
+
+    laptop = bundles["laptop"]
+    config = json.loads(json.dumps(laptop.config))
+    config["matmul"]["threads"] = 0
+    mm = frame(laptop, "matmul/cpu.parquet")
+    assert (mm["threads"] == 1).all()  # what the tiny config's matmul.threads 1 ran
+    other = dataclasses.replace(with_tables(laptop, "all-cores"), config=config)
+    out = compare.compare_tables(bundles["own"], [other])
+    notes = MachinePassages({**out, "findings": machine_findings(out)}).config_notes()
+    assert len(notes) == 1
+    assert ("`matmul.threads` 0 (= every core: 1 thread) vs 1, both ran 1 thread"
+            in notes[0]), notes
+    # Where the rows do not say one number, the note says what 0 means.
+    mm["threads"] = [1, 2] * (len(mm) // 2) + [1] * (len(mm) % 2)
+    mixed = dataclasses.replace(with_tables(laptop, "mixed", matmul__cpu=arrow(
+        mm, contract.MATMUL)), config=config)
+    out = compare.compare_tables(bundles["own"], [mixed])
+    notes = MachinePassages({**out, "findings": machine_findings(out)}).config_notes()
+    assert "`matmul.threads` 0 (= every core) vs 1;" in notes[0] or \
+        "`matmul.threads` 0 (= every core) vs 1." in notes[0], notes

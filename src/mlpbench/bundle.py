@@ -15,10 +15,11 @@ holds, under their paths relative to ``results/``:
 - the stage tables, byte for byte as the run wrote them: ``matmul/<device>.parquet`` with its
   ``.environment`` and ``.samples`` tables, ``train/<dataset>/<device>/<table>.parquet`` for
   every training table except the decision grid (``decision.parquet``) and the per-epoch loss
-  curves (``losses.parquet``): the two largest tables, together about 20 MB of the default
-  run's 23 MB, and neither compared across machines (the comparison checks each member's loss
-  and accuracies at every checkpoint, from ``metrics.parquet``); and ``lesson/<table>.parquet``. Which devices and data sets is
-  read from the run's config, never globbed, so files of an earlier config are left out.
+  curves (``losses.parquet``): the two largest tables, together about 21 MB of the default
+  run's 22 MB of stage tables, and neither compared across machines (the comparison checks
+  each member's loss and accuracies at every checkpoint, from ``metrics.parquet``); and
+  ``lesson/<table>.parquet``. Which devices and data sets is read from the run's config, never
+  globbed, so files of an earlier config are left out.
 
 No member is a pickle: JSON, YAML and parquet only. Members are written in a fixed order with a
 fixed timestamp, so the same results give the same bytes.
@@ -27,7 +28,8 @@ fixed timestamp, so the same results give the same bytes.
 :class:`BundleError` of one line ``<file>: <problem>; <what to do>``, before anything from it is
 used, when it is not a zip, truncated or damaged, not a bundle, from a newer format, has a member
 whose name is unsafe or unexpected, missing, not in the manifest, edited (checksum) or too large,
-or a table that does not match the results contract (:mod:`mlpbench.contract`).
+or a table that does not match the results contract (:mod:`mlpbench.contract`), or claims the
+machine_id reserved for the lesson's slides (:data:`mlpbench.config.LESSON_MACHINE`).
 :func:`load_bundles` also refuses a second bundle that claims an existing ``machine_id`` with
 different hardware.
 
@@ -56,6 +58,7 @@ import yaml
 
 from mlpbench import __version__ as _MLPBENCH_VERSION
 from mlpbench import contract
+from mlpbench.config import LESSON_MACHINE
 from mlpbench.config import config_hash as _config_hash
 from mlpbench.io import write_bytes_atomic
 
@@ -70,6 +73,7 @@ __all__ = [
     "BundleError",
     "bundle_from_results",
     "hardware",
+    "host_hardware",
     "load_bundles",
     "member_paths",
     "open_bundle",
@@ -84,8 +88,8 @@ FORMAT = "mlpbench-bundle"
 FORMAT_VERSION = 1
 
 # Limits that keep a hostile or broken file from exhausting memory (a zip bomb): the zip itself,
-# one member's and all members' uncompressed sizes, and the number of members. The default config's bundle is
-# about 3 MB with 50 members.
+# one member's and all members' uncompressed sizes, and the number of members. The default
+# config's bundle is about 0.5 MB with 36 members, the manifest included.
 MAX_BUNDLE_BYTES = 512 * 2**20
 MAX_MEMBER_BYTES = 256 * 2**20
 MAX_TOTAL_BYTES = 1024 * 2**20
@@ -95,7 +99,7 @@ MANIFEST = "manifest.json"
 MACHINE = "machine.json"
 CONFIG = "config.yaml"
 # Training tables left out of a bundle: large and not compared across machines. Without the
-# loss curves (1.2 MB and 288,000 rows per data set in the default run) a bundle opens in a
+# loss curves (1.0 MB and 208,000 rows per data set in the default run) a bundle opens in a
 # third of the time and holds a tenth of the memory, which is what keeps a merge of 100
 # bundles within seconds; losses at every checkpoint stay in metrics.parquet.
 LEFT_OUT_TRAIN_TABLES = ("decision", "losses")
@@ -221,6 +225,28 @@ def hardware(machine: Mapping[str, Any]) -> dict[str, Any]:
     names = [gpu.get("name")] * count if gpu.get("available") else []
     return {"cpu_model": machine.get("cpu_model"), "logical_cores": machine.get("logical_cores"),
             "physical_cores": machine.get("physical_cores"), "gpu_names": names}
+
+
+def host_hardware() -> dict[str, Any]:
+    """The hardware fingerprint of the machine this runs on, read without torch, as
+    :func:`hardware` gives it from a machine record that this machine would write: ``cpu_model``,
+    ``logical_cores`` and ``physical_cores`` as :mod:`mlpbench.cpu` reads them (and so as
+    :mod:`mlpbench.machine` records them), and ``gpu_names`` empty where no GPU driver is
+    installed (:func:`mlpbench.devices.no_driver_reason`).
+
+    Where a driver is present, the GPUs' names cannot be read without importing torch (or
+    running nvidia-smi, seconds on some machines), which parsing the workflow must not do:
+    ``gpu_names`` is then left out, and :func:`load_bundles` compares the CPU alone.
+    """
+    from mlpbench.cpu import core_counts, cpu_model
+    from mlpbench.devices import no_driver_reason
+
+    physical, logical = core_counts()
+    out: dict[str, Any] = {"cpu_model": cpu_model(), "logical_cores": logical,
+                           "physical_cores": physical}
+    if no_driver_reason() is not None:
+        out["gpu_names"] = []
+    return out
 
 
 # --------------------------------------------------------------------------- writing
@@ -376,6 +402,12 @@ def _parse_machine(data: bytes, where: str, remedy: str) -> dict[str, Any]:
         raise _fail(where, f"machine_id {machine['machine_id']!r} is not a machine id "
                            f"(letters, digits, '.', '_', '-', starting with a letter or digit)",
                     remedy)
+    if machine["machine_id"] == LESSON_MACHINE:
+        raise _fail(where, f"machine_id {LESSON_MACHINE!r} is reserved for the lesson's slides "
+                           f"in the machine comparison; allowed: any other machine id",
+                    "rerun with another name (`snakemake --cores 4 --config machine_id=NAME`, "
+                    "then `snakemake --cores 1 bundle --config machine_id=NAME`) and use that "
+                    "bundle")
     if not isinstance(machine["config"], dict):
         raise _fail(where, "the machine record holds no config", remedy)
     if _config_hash(machine["config"]) != machine["config_hash"]:
@@ -446,8 +478,9 @@ def open_bundle(path: PathLike) -> Bundle:
     (no manifest, another ``format``), comes from a newer ``format_version``, has a member name
     that is unsafe (absolute, ``..``, backslash) or not a bundle member, a member that is missing,
     not in the manifest, larger than :data:`MAX_MEMBER_BYTES` or whose sha256 differs from the
-    manifest (edited), a machine record or config that does not match the manifest, or a table
-    that does not match its contract (a missing, extra or renamed column, a wrong type).
+    manifest (edited), a machine record or config that does not match the manifest, a machine_id
+    reserved for the lesson's slides (:data:`mlpbench.config.LESSON_MACHINE`), or a table that
+    does not match its contract (a missing, extra or renamed column, a wrong type).
     """
     source = os.fspath(path)
     try:
@@ -626,12 +659,16 @@ def _same_content(a: Bundle, b: Bundle) -> bool:
     return a.machine_id == b.machine_id and a.manifest["members"] == b.manifest["members"]
 
 
-def _difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+def _difference(a: Mapping[str, Any], b: Mapping[str, Any], *, common: bool = False) -> str:
+    """The keys whose values differ, in words ("" when none): of either mapping, or with
+    ``common`` of both only."""
+    keys = set(a) & set(b) if common else set(a) | set(b)
+    keys = [k for k in sorted(keys) if a.get(k) != b.get(k)]
     return ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
 
 
-def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[Bundle]:
+def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None, *,
+                 reference: Sequence[PathLike] = ()) -> list[Bundle]:
     """Open every bundle in ``paths`` (:func:`open_bundle`) and check them together.
 
     Returns the distinct bundles in the order given: a file given twice, or a bundle with the
@@ -642,7 +679,11 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
 
     Raises :class:`BundleError` on the first bad bundle, and when a bundle claims the
     ``machine_id`` of another (or of ``own``) with different hardware, naming both files; nothing
-    from a refused set is used.
+    from a refused set is used. ``reference``: those of ``paths`` that were shipped with the
+    project; in such a clash the user's bundle is the one named as refused (a shipped one only
+    when it clashes with ``own``), and the message adds how to leave the shipped ones out.
+    Hardware is compared on the keys both fingerprints hold (the hardware of ``own`` read at
+    parse time may lack ``gpu_names``: :func:`host_hardware`).
     """
     unique: list[PathLike] = []
     seen_paths: set[str] = set()
@@ -658,6 +699,11 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
     workers = max(1, min(len(unique), cpus))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         opened = list(pool.map(open_bundle, unique))
+    shipped = {os.path.realpath(p) for p in reference}
+
+    def is_shipped(b: Bundle) -> bool:
+        return b is not own and os.path.realpath(b.source) in shipped
+
     kept: list[Bundle] = []
     for bundle in opened:
         others = ([own] if own is not None else []) + kept
@@ -665,15 +711,24 @@ def load_bundles(paths: Sequence[PathLike], own: Bundle | None = None) -> list[B
         for other in others:
             if other.machine_id != bundle.machine_id:
                 continue
-            if other.hardware != bundle.hardware:
-                raise _fail(bundle.source,
+            # common keys: own's hardware read at parse time may lack the GPUs' names
+            if _difference(bundle.hardware, other.hardware, common=True):
+                # The user's bundle is refused, not the shipped one it clashes with.
+                refused, holder = ((other, bundle) if is_shipped(bundle)
+                                   and not is_shipped(other) and other is not own
+                                   else (bundle, other))
+                remedy = ("two machines need two machine ids: rerun one of them with "
+                          "`snakemake --cores 4 --config machine_id=NAME`, then "
+                          "`snakemake --cores 1 bundle --config machine_id=NAME`, and use "
+                          "that bundle instead")
+                if is_shipped(bundle) or is_shipped(other):
+                    remedy += (", or leave the shipped reference bundles out with "
+                               "`--config 'compare={reference: false}'`")
+                raise _fail(refused.source,
                             f"machine_id {bundle.machine_id!r} is already used by "
-                            f"{other.source} with different hardware "
-                            f"({_difference(bundle.hardware, other.hardware)})",
-                            "two machines need two machine ids: rerun one of them with "
-                            "`snakemake --cores 4 --config machine_id=NAME`, then "
-                            "`snakemake --cores 1 bundle --config machine_id=NAME`, and use "
-                            "that bundle instead")
+                            f"{holder.source} with different hardware "
+                            f"({_difference(refused.hardware, holder.hardware, common=True)})",
+                            remedy)
             duplicate = duplicate or _same_content(bundle, other)
         if not duplicate:
             kept.append(bundle)

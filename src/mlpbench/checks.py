@@ -17,7 +17,10 @@ where it says number, and does not check again.
    its hash is taken, so ``epochs: [20.0]`` and ``epochs: [20]`` are one config.
 3. **Cross-field rules** of the data sets that this run trains (``train.datasets``): a grid-mode
    ``baseline`` must lie on the grid's axes; every data set must leave at least one training
-   point per class after its split; ``batch_size`` must not exceed the training set.
+   point per class after its split; ``batch_size`` must not exceed the training set. And
+   ``machine_id`` (or this host's name, where it is null) must not be
+   :data:`mlpbench.config.LESSON_MACHINE` (``"lesson"``), the lesson's slides' row in the
+   machine comparison.
 4. **Sizes that cannot fit**: the bytes each job must hold at once (see
    :func:`matmul_parts` and :func:`training_parts`) against this machine's memory.
 
@@ -46,7 +49,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import data
-from .config import ConfigError, invalid, key_path, number_bounds, resolve
+from .config import (LESSON_MACHINE, ConfigError, invalid, key_path, machine_id,
+                     number_bounds, resolve)
 from .grid import AXES, plan_shapes, resolve_seeds
 
 __all__ = [
@@ -81,6 +85,7 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], *,
     (:func:`machine_memory`), and where that is unknown the size checks are skipped.
     """
     _walk(config, schema, schema, [])
+    _check_machine_id(config.get("machine_id"))
     train = config["train"]
     for name in train["datasets"]:
         _check_experiment(name, train["experiments"][name])
@@ -129,6 +134,17 @@ def _walk(value: Any, schema: Mapping[str, Any], root: dict, path: list) -> Any:
         # Only the branch whose structure the value has changes anything (seeds: n or a list).
         value = _walk(value, branch, root, path)
     return value
+
+
+def _check_machine_id(explicit: str | None) -> None:
+    """Refuse the machine_id reserved for the lesson's slides (given, or this host's name)."""
+    if machine_id(explicit) == LESSON_MACHINE:
+        reason = (f"{_show(LESSON_MACHINE)} names the lesson's slides in the machine comparison"
+                  + ("" if explicit is not None else "; null uses this host's name, which is "
+                     f"{_show(LESSON_MACHINE)}"))
+        raise _refuse(["machine_id"], explicit, reason,
+                      f"any other name of letters, digits, '.', '_' and '-' (not "
+                      f"{_show(LESSON_MACHINE)})")
 
 
 # -------------------------------------------------------------------------------------------
@@ -431,35 +447,50 @@ def check_compare(config: Mapping[str, Any], sources: CompareSources, own_machin
     """Open and verify every bundle of ``sources`` (in memory) and check ``compare.baseline``.
 
     Returns the opened :class:`mlpbench.bundle.Bundle` objects (empty, and nothing imported,
-    when there are none). Raises :class:`mlpbench.bundle.BundleError` (one line naming the
-    file and the problem) for the first bad bundle, so nothing from a refused set is used and
-    no job runs; ``ConfigError`` when ``compare.baseline`` is neither this run's machine_id
-    nor that of a compared bundle.
+    when there are none). A bundle with ``own_machine_id`` is checked against this run's
+    hardware: its machine record under ``root/results/machine/`` where one exists, else this
+    machine's (:func:`mlpbench.bundle.host_hardware`). Raises
+    :class:`mlpbench.bundle.BundleError` (one line naming the file and the problem) for the
+    first bad bundle, so nothing from a refused set is used and no job runs; ``ConfigError``
+    when ``compare.baseline`` is neither this run's machine_id nor that of a compared bundle
+    (the lesson's slides are not: they did not run the config).
     """
     paths = [Path(root) / p for p in (*sources.bundles, *sources.reference)]
     bundles: list[Any] = []
     if paths:
-        from .bundle import Bundle, hardware, load_bundles  # only when there is something
+        from .bundle import Bundle, hardware, host_hardware, load_bundles  # only when needed
 
-        # This run's machine record, where an earlier run wrote it: a bundle that claims this
-        # machine_id with other hardware is refused now, not in the aggregate job.
-        own = None
+        # This run's hardware, so that a bundle claiming this machine_id with other hardware is
+        # refused now, before the machine job runs and the aggregate job would fail: from its
+        # machine record where an earlier run wrote one, else read from this machine now, with
+        # neither torch nor a job (mlpbench.bundle.host_hardware). Where a GPU driver is
+        # installed, the GPUs' names cannot be read without torch, so only the CPU model and
+        # core counts are compared then; the aggregate job compares the GPUs too.
         record = Path(root) / "results" / "machine" / f"{own_machine_id}.json"
+        machine = None
         if record.is_file():
             try:
                 machine = json.loads(record.read_text())
             except (OSError, ValueError):
-                machine = None  # the machine rule writes it again; the aggregate job checks
-            if isinstance(machine, dict):
-                own = Bundle(str(record), {"machine_id": own_machine_id,
-                                           "hardware": hardware(machine), "members": {}},
-                             machine, {}, {})
-        bundles = load_bundles(paths, own=own)
+                machine = None  # the machine rule writes it again
+        if isinstance(machine, dict):
+            own_hardware, source = hardware(machine), str(record)
+        else:
+            own_hardware = host_hardware()
+            source = f"this run on this machine (no {record} yet, its hardware read now)"
+        own = Bundle(source, {"machine_id": own_machine_id, "hardware": own_hardware,
+                              "members": {}}, machine if isinstance(machine, dict) else {},
+                     {}, {})
+        bundles = load_bundles(paths, own=own,
+                               reference=[Path(root) / p for p in sources.reference])
     baseline = (config.get("compare") or {}).get("baseline")
     if baseline is not None:
         ids = list(dict.fromkeys([own_machine_id, *(b.machine_id for b in bundles)]))
         if baseline not in ids:
-            raise _refuse(["compare", "baseline"], baseline,
-                          "no compared machine has this machine_id",
+            reason = ("the lesson's slides are compared against (speedup_vs_lesson), but "
+                      "they are not a machine that ran this config"
+                      if baseline == LESSON_MACHINE else
+                      "no compared machine has this machine_id")
+            raise _refuse(["compare", "baseline"], baseline, reason,
                           f"null (this run) or one of {', '.join(map(_show, ids))}")
     return bundles

@@ -54,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mlpbench import contract
-from mlpbench.config import REPORT_ONLY_KEYS
+from mlpbench.config import LESSON_MACHINE, REPORT_ONLY_KEYS
 from mlpbench.contract import SUMMARY
 from mlpbench.tables import lesson_reference_table
 
@@ -73,7 +73,6 @@ __all__ = [
 ]
 
 COMPARE_TABLES = ("machines", "machines_matmul", "machines_epoch_time", "machines_agreement")
-LESSON_MACHINE = "lesson"    # machine_id of the lesson's slides
 CPU_TOLERANCE = 0.0          # CPU losses and accuracies: bit-identical
 CUDA_LOSS_RTOL = 1e-3        # CUDA losses: relative difference allowed (see module docstring)
 CUDA_ACC_POINTS = 1          # CUDA accuracies: this many points of the set may differ
@@ -461,5 +460,5 @@ def compare_from_files(results: str | os.PathLike, machine_id: str, *,
     from mlpbench.bundle import bundle_from_results, load_bundles
 
     own = bundle_from_results(results, machine_id)
-    opened = load_bundles([*bundles, *reference], own=own)
+    opened = load_bundles([*bundles, *reference], own=own, reference=reference)
     return compare_tables(own, opened, reference=[str(p) for p in reference], baseline=baseline)

@@ -187,6 +187,10 @@ def command_line_value(entry: str) -> dict[str, Any] | None:
 # changing them reruns only the aggregation, the figures and the report.
 REPORT_ONLY_KEYS = ("compare",)
 
+# The machine_id of the lesson's slides, a row of their own in the machine comparison
+# (mlpbench.compare): reserved, so that no run and no bundle can mix its rows into theirs.
+LESSON_MACHINE = "lesson"
+
 
 def recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config a run records about itself: ``config`` without :data:`REPORT_ONLY_KEYS`."""

@@ -703,14 +703,15 @@ MACHINES_SHOWN = 12  # bars per panel; the other machines are in the report's ta
 
 
 def _machine_bars(ax, values: pd.Series, labels: Mapping[str, str], colour: str,
-                  highlight: set[str], lesson: str | None, title: str) -> None:
+                  highlight: set[str], lesson: str | None, title: str,
+                  empty: str = "no timing on any machine") -> None:
     """Horizontal bars of ``values`` (machine_id -> seconds), fastest first, at most
     MACHINES_SHOWN of them (the rest counted in the panel), ``highlight`` (this run and the
     baseline) always among them and drawn bold; ``lesson`` hatched."""
     values = values[np.isfinite(values.astype(float)) & (values > 0)].sort_values()
     ax.set_title(title)
     if values.empty:
-        _empty(ax, "no timing on any machine")
+        _empty(ax, empty)
         return
     shown = values.iloc[:MACHINES_SHOWN]
     # This run and the baseline are always shown, after the fastest if they are not among them.
@@ -746,38 +747,51 @@ def fig_machines(tables: Tables) -> Figure:
         _empty(axes[0, 0], "One machine: nothing to compare (config compare:).")
         return fig
     labels = {m: (f"{m} (this run)" if o == "this run" else "lesson (slides)" if o == "lesson"
-                  else m) + (" ★" if b else "")
+                  else f"{m} (reference)" if o == "reference" else m) + (" ★" if b else "")
               for m, o, b in zip(machines["machine_id"], machines["origin"],
                                  machines["is_baseline"])}
     own = set(machines.loc[(machines["origin"] == "this run") | machines["is_baseline"],
                            "machine_id"])
     lesson_id = next(iter(machines.loc[machines["origin"] == "lesson", "machine_id"]), None)
-    ok = mm[(mm["case"] == "lesson") & (mm["status"] == "ok") & ~mm["noisy"].astype(bool)]
-    panels: list[tuple[str, pd.Series, str]] = []
-    for (backend, device, dtype), g in ok.groupby(["backend", "device", "dtype"], sort=True):
+    timed = mm[(mm["case"] == "lesson") & (mm["status"] == "ok")]
+    # (title, machine_id -> seconds, colour, what an empty panel says)
+    panels: list[tuple[str, pd.Series, str, str]] = []
+    for (backend, device, dtype), g in timed.groupby(["backend", "device", "dtype"], sort=True):
         shape = g[g["machine_id"] != lesson_id]
         if shape.empty:
             continue  # only the slides have this series
         m, k, n = shape.iloc[0][["m", "k", "n"]]
         g = g[(g["m"] == m) & (g["k"] == k) & (g["n"] == n)]  # like with like
-        panels.append((f"{series_label(backend, device, dtype)}, {m}×{k} @ {k}×{n}",
-                       g.groupby("machine_id")["time_s_median"].min(),
-                       SERIES_COLOURS.get((backend, device), PALETTE[5])))
+        clean = g[~g["noisy"].astype(bool)]
+        # Machines whose timing was flagged noisy are left out of the bars, and named.
+        noisy = [labels.get(x, x) for x in dict.fromkeys(g.loc[g["noisy"].astype(bool),
+                                                                "machine_id"])
+                 if x not in set(clean["machine_id"])]
+        note = ("" if not noisy else "\nflagged noisy, left out: " + ", ".join(noisy[:4])
+                + (f" and {len(noisy) - 4} more" if len(noisy) > 4 else ""))
+        panels.append((f"{series_label(backend, device, dtype)}, {m}×{k} @ {k}×{n}{note}",
+                       clean.groupby("machine_id")["time_s_median"].min(),
+                       SERIES_COLOURS.get((backend, device), PALETTE[5]),
+                       "every machine's timing was flagged noisy" if noisy
+                       else "no timing on any machine"))
     epoch = findings[findings["finding"] == "machine_epoch_fastest"] if len(findings) else findings
     for _, f in epoch.iterrows():
         ev = json.loads(f["evidence"])
+        network = (f"{ev['n_members']} members" if ev.get("method", "ensemble") == "ensemble"
+                   else "one network (the lesson's loop)")
         panels.append((f"epoch: {f['dataset']}, {device_name(f['device'])}, width "
-                       f"{ev['width']} depth {ev['depth']}, {ev['n_members']} members",
+                       f"{ev['width']} depth {ev['depth']}, {network}",
                        pd.Series(ev["times_per_epoch_s"], dtype=float),
-                       DEVICE_COLOURS.get(f["device"], PALETTE[5])))
+                       DEVICE_COLOURS.get(f["device"], PALETTE[5]), "no timing on any machine"))
     ncols = 2 if len(panels) > 1 else 1
     nrows = max(1, -(-len(panels) // ncols))
     per_row = 0.3 * min(MACHINES_SHOWN, max(len(machines), 3)) + 1.0
     fig, axes = _figure(nrows, ncols, 12.0 if ncols == 2 else 8.0, per_row)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (title, values, colour) in zip(axes.flat, panels):
-        _machine_bars(ax, values, labels, colour, own, lesson_id, textwrap.fill(title, 60))
+    for ax, (title, values, colour, empty) in zip(axes.flat, panels):
+        wrapped = "\n".join(textwrap.fill(line, 60) for line in title.split("\n"))
+        _machine_bars(ax, values, labels, colour, own, lesson_id, wrapped, empty)
     if not panels:
         _empty(axes[0, 0], "No timing that two machines share.")
     fig.supxlabel("time (ms, log scale); bold: this run and the baseline (★), hatched: the "

@@ -956,17 +956,25 @@ def _machine_rows(machines: pd.DataFrame, mm: pd.DataFrame, et: pd.DataFrame,
     ok = mm[(mm["status"] == "ok") & ~mm["noisy"].astype(bool)
             & (mm["machine_id"] != LESSON_MACHINE) & (mm["kind"] == "matmul")]
     lesson_case = ok[ok["case"] == "lesson"]
+    # Machines whose lesson product of a series was timed but flagged noisy (and so is not
+    # compared): the sentence naming the fastest says how many were left out.
+    flagged = mm[(mm["status"] == "ok") & mm["noisy"].astype(bool) & (mm["case"] == "lesson")
+                 & (mm["machine_id"] != LESSON_MACHINE) & (mm["kind"] == "matmul")]
+    noisy = {key: set(g["machine_id"]) for key, g in
+             flagged.groupby(["backend", "device", "dtype"], sort=True)}
     for (backend, device, dtype), g in lesson_case.groupby(["backend", "device", "dtype"],
                                                           sort=True):
         best = g.loc[g["time_s_median"].idxmin()]
         base = g[g["machine_id"] == base_id]
         verdict = "baseline" if best["machine_id"] == base_id else "other_machine"
+        left_out = sorted(noisy.get((backend, device, dtype), set()) - set(g["machine_id"]))
         rows.append(_row(
             "machine_fastest", "machines", f"lesson product, {_series(backend, device, dtype)}",
             verdict, {"fastest": best["machine_id"], "baseline": base_id,
                       "backend": backend, "dtype": dtype,
                       "shape": _key(best, ["m", "k", "n"]),
-                      "times_s": dict(zip(g["machine_id"], g["time_s_median"]))},
+                      "times_s": dict(zip(g["machine_id"], g["time_s_median"])),
+                      "noisy_left_out": left_out},
             device=device, value=best["time_s_median"],
             reference_value=base["time_s_median"].min() if len(base) else math.nan, unit="s"))
     f32 = lesson_case[lesson_case["dtype"] == "float32"]
@@ -990,29 +998,7 @@ def _machine_rows(machines: pd.DataFrame, mm: pd.DataFrame, et: pd.DataFrame,
                  "speedup": ratio},
                 device=row["device"], value=row["time_s_median"],
                 reference_value=ref["time_s_median"], unit="s"))
-    ens = et[(et["status"] == "ok") & (et["method"] == "ensemble")]
-    ens = ens[ens["speedup_vs_baseline"].notna()]  # like with like as the baseline
-    for (dataset, device), g in ens.groupby(["dataset", "device"], sort=True):
-        shapes = g.groupby(["width", "depth", "n_members"])["machine_id"].nunique()
-        shapes = shapes.reset_index().sort_values(
-            ["machine_id", "width", "depth", "n_members"], ascending=[False, True, True, True])
-        if shapes.empty or shapes.iloc[0]["machine_id"] < 2:
-            continue
-        width, depth, members = (int(shapes.iloc[0][c]) for c in ("width", "depth",
-                                                                   "n_members"))
-        s = g[(g["width"] == width) & (g["depth"] == depth) & (g["n_members"] == members)]
-        best = s.loc[s["time_per_epoch_s"].idxmin()]
-        base = s[s["machine_id"] == base_id]
-        rows.append(_row(
-            "machine_epoch_fastest", "machines",
-            f"{dataset}, width {width}, depth {depth}, {members} members",
-            "baseline" if best["machine_id"] == base_id else "other_machine",
-            {"fastest": best["machine_id"], "baseline": base_id, "width": width,
-             "depth": depth, "n_members": members, "method": "ensemble",
-             "times_per_epoch_s": dict(zip(s["machine_id"], s["time_per_epoch_s"]))},
-            dataset=dataset, device=device, value=best["time_per_epoch_s"],
-            reference_value=base["time_per_epoch_s"].min() if len(base) else math.nan,
-            unit="s"))
+    rows += _epoch_fastest(et, base_id)
     for (mid, dataset, device), g in agreement.groupby(["machine_id", "dataset", "device"],
                                                      sort=False):
         verdict = min(g["verdict"], key=_AGREEMENT_ORDER.index)
@@ -1023,6 +1009,60 @@ def _machine_rows(machines: pd.DataFrame, mm: pd.DataFrame, et: pd.DataFrame,
                                     "tolerance", "verdict", "reason"]].to_dict("records")},
             dataset=dataset, device=device, value=g["n_differ"].sum(),
             reference_value=g["n_compared"].sum(), unit="count"))
+    return rows
+
+
+def _shared_shape(g: pd.DataFrame) -> tuple[int, int, int] | None:
+    """(width, depth, n_members) timed on the most machines (the smallest network among
+    equals), or None when no shape was timed on two machines."""
+    shapes = g.groupby(["width", "depth", "n_members"])["machine_id"].nunique()
+    shapes = shapes.reset_index().sort_values(
+        ["machine_id", "width", "depth", "n_members"], ascending=[False, True, True, True])
+    if shapes.empty or shapes.iloc[0]["machine_id"] < 2:
+        return None
+    return tuple(int(shapes.iloc[0][c]) for c in ("width", "depth", "n_members"))
+
+
+def _epoch_fastest(et: pd.DataFrame, base_id: str) -> list[dict]:
+    """``machine_epoch_fastest``: per data set x device, the fastest machine for one network
+    timed on the most machines under the baseline's conditions (a speed-up exists).
+
+    Ensemble rows first. An ensemble trains all its members at once, so its time per epoch
+    grows with the members: when no ensemble of the same size was timed on two machines
+    (16 seeds here, 4 there), the lesson's loop rows are used instead (one network at a time,
+    the same work on every machine), and the evidence says why (``ensemble_members``: each
+    machine's ensemble sizes)."""
+    timed = et[et["status"] == "ok"]
+    usable = timed[timed["speedup_vs_baseline"].notna()]
+    rows = []
+    for (dataset, device), g in usable.groupby(["dataset", "device"], sort=True):
+        method, shape, why = "ensemble", _shared_shape(g[g["method"] == "ensemble"]), {}
+        if shape is None:
+            method, shape = "loop", _shared_shape(g[g["method"] == "loop"])
+            ens = timed[(timed["dataset"] == dataset) & (timed["device"] == device)
+                        & (timed["method"] == "ensemble")]
+            why = {"ensemble_members": {
+                str(mid): sorted(int(n) for n in set(m["n_members"]))
+                for mid, m in ens.groupby("machine_id", sort=False)}}
+        if shape is None:
+            continue
+        width, depth, members = shape
+        s = g[(g["method"] == method) & (g["width"] == width) & (g["depth"] == depth)
+              & (g["n_members"] == members)]
+        best = s.loc[s["time_per_epoch_s"].idxmin()]
+        base = s[s["machine_id"] == base_id]
+        network = (f"{members} members" if method == "ensemble"
+                   else "one network (the lesson's loop)")
+        rows.append(_row(
+            "machine_epoch_fastest", "machines",
+            f"{dataset}, width {width}, depth {depth}, {network}",
+            "baseline" if best["machine_id"] == base_id else "other_machine",
+            {"fastest": best["machine_id"], "baseline": base_id, "width": width,
+             "depth": depth, "n_members": members, "method": method,
+             "times_per_epoch_s": dict(zip(s["machine_id"], s["time_per_epoch_s"])), **why},
+            dataset=dataset, device=device, value=best["time_per_epoch_s"],
+            reference_value=base["time_per_epoch_s"].min() if len(base) else math.nan,
+            unit="s"))
     return rows
 
 

@@ -24,6 +24,7 @@ import torch
 from threadpoolctl import threadpool_info
 
 from mlpbench.config import config_hash as _hash_of
+from mlpbench.cpu import core_counts, cpu_model
 from mlpbench.devices import cuda_unavailable_reason
 from mlpbench.config import machine_id
 
@@ -56,12 +57,12 @@ def collect(
             f"({_hash_of(config)!r})"
         )
     repo = Path(repo_dir) if repo_dir is not None else Path.cwd()
-    physical, logical = _core_counts()
+    physical, logical = core_counts()
     pools = _threadpools()
     record = {
         "host": machine_id(None),
         "machine_id": machine_id(explicit_id),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "physical_cores": physical,
         "logical_cores": logical,
         "usable_cores": _usable_cores(logical),
@@ -80,44 +81,12 @@ def collect(
 
 
 # --- CPU ---------------------------------------------------------------------------------------
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _cpu_model() -> str:
-    match = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.MULTILINE)
-    return match.group(1).strip() if match else (platform.processor() or platform.machine())
-
+# Model and core counts come from mlpbench.cpu (no torch), which the parse-time check of
+# compare: reads too, so both see this machine's CPU the same way.
 
 def _usable_cores(logical: int | None) -> int | None:
     """Cores this process may run on (a job scheduler's affinity mask may allow fewer)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
-
-
-def _core_counts() -> tuple[int | None, int | None]:
-    """(physical, logical): physical from the sysfs topology, else /proc/cpuinfo, else logical."""
-    logical = os.cpu_count()
-    cores: set[tuple[str, str]] = set()
-    for topo in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(),
-                       (topo / "core_id").read_text().strip()))
-        except OSError:
-            cores.clear()
-            break
-    if not cores:
-        blocks = [b for b in _cpuinfo().split("\n\n") if "core id" in b]
-        for block in blocks:
-            phys = re.search(r"^physical id\s*:\s*(\d+)", block, re.MULTILINE)
-            core = re.search(r"^core id\s*:\s*(\d+)", block, re.MULTILINE)
-            if core:
-                cores.add((phys.group(1) if phys else "0", core.group(1)))
-    return (len(cores) or logical), logical
 
 
 # --- BLAS --------------------------------------------------------------------------------------

@@ -1461,10 +1461,19 @@ class MachinePassages:
         out = []
         fastest = self.find("machine_fastest")
         if fastest:
+            def noisy(f: dict) -> str:
+                n = len(f["ev"].get("noisy_left_out") or [])
+                if not n:
+                    return ""
+                return ("; the timing of 1 other machine was flagged noisy and left out"
+                        if n == 1 else f"; the timings of {n} other machines were flagged "
+                                       f"noisy and left out")
+
             items = [f"{series_label(f['ev']['backend'], f['device'], f['ev']['dtype'])}: "
                      f"`{f['ev']['fastest']}` ({fmt_time(f['value'])}"
-                     + (f"; `{self.baseline}` {fmt_time(f['reference_value'])})"
-                        if f["verdict"] != "baseline" and finite(f["reference_value"]) else ")")
+                     + (f"; `{self.baseline}` {fmt_time(f['reference_value'])}"
+                        if f["verdict"] != "baseline" and finite(f["reference_value"]) else "")
+                     + noisy(f) + ")"
                      for f in fastest]
             out.append("Fastest machine for the lesson's product, per series: "
                        + "; ".join(items) + ".")
@@ -1483,10 +1492,36 @@ class MachinePassages:
                           f"`tables/findings.csv`)." if more > 0 else "."))
         return out
 
+    def epoch_note(self) -> str:
+        """What the epoch-time table compares, and why ensemble rows are not compared where
+        the machines trained ensembles of different sizes; never an unexplained empty table."""
+        found = self.find("machine_epoch_fastest")
+        if not found:
+            return ("No network was timed on two machines with the same data, threads, "
+                    "momentum and batch size, so no time per epoch is compared below; every "
+                    "machine's timings are in `tables/machines_epoch_time.csv`.")
+        loop = [f for f in found if f["ev"].get("method") == "loop"]
+        if not loop:
+            return ""
+        sizes = []
+        for f in loop:
+            members = f["ev"].get("ensemble_members") or {}
+            said = ", ".join(f"`{m}` {' and '.join(map(str, n))}"
+                             for m, n in list(members.items())[:self.SHOWN])
+            sizes.append(f"{f['dataset']} on {device_name(f['device'])}"
+                         + (f" ({said} members)" if said else ""))
+        return ("Ensemble rows are not compared for " + "; ".join(sizes) + ": the machines "
+                "trained ensembles of different sizes, and an ensemble's time per epoch grows "
+                "with its members. Those rows below are the lesson's loop instead, which "
+                "trains one network at a time, the same work on every machine.")
+
     def epoch_table(self) -> pd.DataFrame:
         rows = []
         for f in self.find("machine_epoch_fastest"):
             ev = f["ev"]
+            method = ev.get("method", "ensemble")
+            network = (f"{ev['n_members']} members" if method == "ensemble"
+                       else "one network (the lesson's loop)")
             for mid, t in ev["times_per_epoch_s"].items():
                 sel = self.times[(self.times["machine_id"] == mid)
                                  & (self.times["dataset"] == f["dataset"])
@@ -1494,10 +1529,9 @@ class MachinePassages:
                                  & (self.times["width"] == ev["width"])
                                  & (self.times["depth"] == ev["depth"])
                                  & (self.times["n_members"] == ev["n_members"])
-                                 & (self.times["method"] == "ensemble")]
+                                 & (self.times["method"] == method)]
                 rows.append({"data set": f["dataset"], "device": device_name(f["device"]),
-                             "network": f"width {ev['width']}, depth {ev['depth']}, "
-                                        f"{ev['n_members']} members",
+                             "network": f"width {ev['width']}, depth {ev['depth']}, {network}",
                              "machine": self.label(mid) + (" (fastest)"
                                                            if mid == ev["fastest"] else ""),
                              "time per epoch": fmt_time(t),
@@ -1534,6 +1568,34 @@ class MachinePassages:
             "why not compared": differ["reason"]})
         return [text + " What differs, or was not compared:", table]
 
+    # Config keys whose 0 means "every core": the threads a run used are in its matmul rows.
+    EVERY_CORE_KEYS = ("matmul.threads",)
+
+    def _threads_used(self, machine_id: str) -> int | None:
+        """The CPU threads of ``machine_id``'s matmul rows, when they all say one number."""
+        if self.mm.empty or "threads" not in self.mm:
+            return None
+        rows = self.mm[(self.mm["machine_id"] == machine_id) & (self.mm["device"] == "cpu")]
+        used = set(rows["threads"].dropna().astype(int))
+        return used.pop() if len(used) == 1 else None
+
+    def _config_value(self, key: str, value: Any, machine_id: str) -> str:
+        """A config value as the notes show it; 0 of an every-core key with what it meant."""
+        shown = json.dumps(value)
+        if key in self.EVERY_CORE_KEYS and value == 0:
+            used = self._threads_used(machine_id)
+            shown += (f" (= every core: {plural(used, 'thread')})" if used is not None
+                      else " (= every core)")
+        return shown
+
+    def _same_threads(self, key: str, a: str, b: str) -> str:
+        """", the same N threads on both" where an every-core key's runs used as many."""
+        if key not in self.EVERY_CORE_KEYS:
+            return ""
+        used_a, used_b = self._threads_used(a), self._threads_used(b)
+        return (f", both ran {plural(used_a, 'thread')}"
+                if used_a is not None and used_a == used_b else "")
+
     def config_notes(self) -> list[str]:
         out = []
         found = self.find("machine_config")
@@ -1543,7 +1605,10 @@ class MachinePassages:
                        f"keys); the first {self.SHOWN}:")
         for f in found[:self.SHOWN]:
             keys = f["ev"]["keys"]
-            shown = "; ".join(f"`{k}` {json.dumps(v[0])} vs {json.dumps(v[1])}"
+            mid, base = f["ev"]["machine_id"], f["ev"].get("baseline", self.baseline)
+            shown = "; ".join(f"`{k}` " + self._config_value(k, v[0], mid) + " vs "
+                              + self._config_value(k, v[1], base)
+                              + self._same_threads(k, mid, base)
                               for k, v in list(keys.items())[:8])
             more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
             out.append(f"`{f['ev']['machine_id']}` ran another config than `{self.baseline}`: "
