@@ -298,7 +298,7 @@ if M.present:
          M.lesson_table(), M.lesson_caveat(), *M.speedup_sentences())
     figure("machines")
     show("### Square and matrix-vector products", M.sweeps_table(),
-         "### Training time per epoch", M.epoch_table(),
+         "### Training time per epoch", M.epoch_note(), M.epoch_table(),
          "### Do losses and accuracies agree?", *M.agreement_answer())
 
 # %% [markdown]
