@@ -124,4 +124,47 @@ def test_the_method_describes_cold_timings_apart_from_the_timer():
     assert "before each call" not in timer and "single calls" not in timer
     assert ("**Cold timings.** The lesson's product was also timed cold (kind `matmul_cold`): "
             "5 single calls, each timed alone, and before each call, untimed, the caches emptied "
-            "by writing a 600 MiB buffer (2 x the 300 MiB L3, sysfs) with numpy") in text
+            "by writing a 600 MiB buffer (2 x the 300 MiB L3, sysfs), each backend with its "
+            "own library.") in text
+
+
+def test_without_a_memory_roof_no_share_is_judged_and_the_ridge_says_why():
+    from test_findings import mm_row
+
+    rows = [{**r, "bandwidth_gb_s": float("nan"), "bandwidth_share": float("nan")}
+            for r in lesson_cpu()]
+    rows.append(mm_row("torch", "cpu", "float32", case="square", m=64, k=64, n=64, t=1e-5,
+                       bandwidth_gb_s=float("nan"), bandwidth_share=float("nan"),
+                       compute_roof_gflop_s=52.4, compute_share=1.0,
+                       ridge_flop_per_byte=float("nan")))
+    base = story([summary_row()])
+    tables = {**base.t, "matmul": pd.DataFrame(rows)}
+    s = Story({**tables, "findings": findings_table(tables)})
+    assert s.one("lesson_bandwidth_share") is None
+    assert "n/a of the copy bandwidth" not in s.size_answer()
+    assert s.ridge_paragraph().startswith("This run measured a compute roof but no memory roof")
+
+
+def test_a_warm_gap_under_the_bar_is_not_called_within_the_spread():
+    from test_findings import mm_row
+
+    rows = lesson_cpu() + [mm_row("torch", "cpu", "float32", kind="matmul_cold", t=1.05e-4)]
+    base = story([summary_row()])
+    tables = {**base.t, "matmul": pd.DataFrame(rows)}
+    text = Story({**tables, "findings": findings_table(tables)}).cache_part()
+    assert "None passes the bar (warm faster beyond both spreads and by more than 10%)" in text
+    assert "within each other's spread" not in text
+
+
+def test_machines_left_out_of_the_epoch_comparison_are_named():
+    from mlpbench.narrative import MachinePassages
+
+    machines = pd.DataFrame({"machine_id": ["vm", "ref", "quick", "lesson"],
+                             "origin": ["this run", "reference", "bundle", "lesson"],
+                             "is_baseline": [True, False, False, False]})
+    ev = {"method": "ensemble", "n_members": 16, "times_per_epoch_s": {"vm": 1e-4, "ref": 2e-4}}
+    findings = pd.DataFrame([{"finding": "machine_epoch_fastest", "section": "machines",
+                              "dataset": "toy", "device": "cpu", "evidence": json.dumps(ev)}])
+    note = MachinePassages({"machines": machines, "findings": findings}).epoch_note()
+    assert note.startswith("Left out of this table, because they timed no ensemble of the same "
+                           "size (or none on that device): toy on CPU: `quick`.")

@@ -338,8 +338,9 @@ def matmul_findings(mm: pd.DataFrame, lesson: pd.DataFrame, *,
     out += _dtype_vs_library(mm, lesson_ok, np64, cpu32)
     out += twins
     out += _cache_effect(mm)
-    if len(lesson_ok):
-        top = lesson_ok.sort_values("bandwidth_share").iloc[-1]
+    shared = lesson_ok[np.isfinite(lesson_ok["bandwidth_share"].astype(float))]
+    if len(shared):  # no share, no verdict: without a memory roof there is nothing to judge
+        top = shared.sort_values("bandwidth_share").iloc[-1]
         share = float(top["bandwidth_share"])
         verdict = ("above_copy_bandwidth" if share > ABOVE_COPY else
                    "bandwidth_bound" if share >= BANDWIDTH_BOUND else "below_bandwidth")

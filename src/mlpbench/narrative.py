@@ -10,6 +10,7 @@ states what the findings decided and never judges a number itself: every "faster
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -446,10 +447,12 @@ class Story:
                 "the spread of both (median ± half the interquartile range) and by more than "
                 f"{pct(rows[0]['ev']['threshold'], 0)}: there the cache served part of `y` "
                 "between calls, and such warm times move with whatever else the machine keeps "
-                "in its cache. Set beside the lesson's numbers, the cold ones are the "
-                "like-for-like case where `y` comes from main memory.")
-        return text + ("Warm and cold lie within each other's spread (or cold was faster): "
-                       "on this machine the timings show no help from the cache.")
+                "in its cache. The comparisons with the lesson above use the warm times, as "
+                "`%timeit` took them; the cold ones show the product without the cache's "
+                "help, with `y` from main memory on every call.")
+        return text + (f"None passes the bar (warm faster beyond both spreads and by more than "
+                       f"{pct(rows[0]['ev']['threshold'], 0)}): on this machine the timings "
+                       f"show no clear help from the cache.")
 
     def size_answer(self) -> str:
         text = []
@@ -489,15 +492,17 @@ class Story:
         if cache:
             text.append(
                 f"Smaller matrix-vector products can beat the copy bandwidth (up to "
-                f"{pct(cache['value'], 0)} at {num(cache['ev']['row']['bytes'] / 2**20)} MiB) "
-                f"because their matrix stays in the CPU caches between repetitions.")
+                f"{pct(cache['value'], 0)} at {num(cache['ev']['row']['bytes'] / 2**20)} MiB): "
+                f"their matrix can stay in the CPU caches between repetitions, and, as above, "
+                f"a read-only stream can pass a copy's rate.")
         if square:
             r = square["ev"]["row"]
             text.append(
                 f"The best square product ran at {num(square['value'])} GFLOP/s "
                 f"({series_label(r['backend'], r['device'], r['dtype'])}, n = {int(r['n'])}, "
-                f"{num(r['intensity_flop_per_byte'])} FLOP per byte), far above what the memory "
-                f"roof allows a matrix-vector product.")
+                f"{num(r['intensity_flop_per_byte'])} FLOP per byte)"
+                + (", far above what the memory roof allows a matrix-vector product."
+                   if self.find("copy_bandwidth") else "."))
         odd = [f"{series_label(a['backend'], a['device'], a['dtype'])} took "
                f"{fmt_time(a['time_s_median'])} for x({a['m']}×{a['k']}) @ y({a['k']}×{a['n']})"
                f" but {fmt_time(b['time_s_median'])} for the larger x({b['m']}×{b['k']}) @ "
@@ -519,6 +524,10 @@ class Story:
     def ridge_paragraph(self) -> str:
         """Both measured roofs per device and dtype, the ridge point, and who lies where."""
         ridges = self.find("ridge_point")
+        if not ridges and self.find("compute_roof"):
+            return ("This run measured a compute roof but no memory roof (every copy was "
+                    "flagged noisy, or none was timed), so it cannot place the products "
+                    "against a ridge point.")
         if not ridges:
             return ("This run measured no compute roof (no square product it could use), so "
                     "it cannot place the products against a ridge point.")
@@ -848,9 +857,9 @@ class Story:
         cold = ok & (mm["kind"] == "matmul_cold")
         parts = [m.split("; ") for m in mm.loc[ok & ~cold, "method"].dropna().unique()]
         cold_parts = [m.split("; ") for m in mm.loc[cold, "method"].dropna().unique()]
-        flushes = list(dict.fromkeys(x.removeprefix("before each call, untimed: ")
-                                     for p in cold_parts for x in p
-                                     if x.startswith("before each call, untimed: ")))
+        flushes = list(dict.fromkeys(
+            re.sub(r" with \w+$", "", x.removeprefix("before each call, untimed: "))
+            for p in cold_parts for x in p if x.startswith("before each call, untimed: ")))
         timers = list(dict.fromkeys(p[0] for p in parts))
         stmts = list(dict.fromkeys(x.removeprefix("stmt ") for p in parts for x in p[1:]
                                    if x.startswith("stmt ")))
@@ -876,7 +885,7 @@ class Story:
                if blocks else "."),
             *([f"**Cold timings.** The lesson's product was also timed cold (kind "
                f"`matmul_cold`): {cold_parts[0][0]}, and before each call, untimed, "
-               + "; or ".join(flushes) + " (each backend flushes with its own library)."]
+               + "; or ".join(flushes) + ", each backend with its own library."]
               if cold_parts and flushes else []),
             self.training_timing_item(),
             "**Disturbed timings.** During every timing the job reads, from the Linux "
@@ -1502,7 +1511,19 @@ class MachinePassages:
                     "machine's timings are in `tables/machines_epoch_time.csv`.")
         loop = [f for f in found if f["ev"].get("method") == "loop"]
         if not loop:
-            return ""
+            all_ids = [str(m) for m in self.measured["machine_id"]]
+            out = []
+            for f in found:
+                left = [m for m in all_ids if m not in f["ev"]["times_per_epoch_s"]]
+                if left:
+                    out.append(f"{f['dataset']} on {device_name(f['device'])}: "
+                               + ", ".join(f"`{m}`" for m in left[:self.SHOWN]))
+            if not out:
+                return ""
+            return ("Left out of this table, because they timed no ensemble of the same size "
+                    "(or none on that device): " + "; ".join(out) + ". Every machine's "
+                    "timings, the lesson's loop included, are in "
+                    "`tables/machines_epoch_time.csv`.")
         sizes = []
         for f in loop:
             members = f["ev"].get("ensemble_members") or {}
