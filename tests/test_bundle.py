@@ -30,7 +30,7 @@ from mlpbench.bundle import (
 from mlpbench.config import LESSON_MACHINE, config_hash
 from mlpbench.io import write_json_atomic
 from synthetic_results import HOST, machine_info, write_inputs
-from workflow_helpers import TINY, copy_pipeline, snakemake
+from workflow_helpers import run_tiny
 
 # The effective config of the synthetic run: which tables its bundle holds.
 CONFIG = {
@@ -522,10 +522,7 @@ def test_reading_bundles_imports_neither_torch_nor_pandas():
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
     """`snakemake bundle` on the tiny config: only the stages the bundle needs run."""
-    work = copy_pipeline(tmp_path_factory.mktemp("pipeline"))
-    shutil.copy(TINY, work / "tiny.yaml")
-    result = snakemake(work, "bundle", "--cores", "2", "--configfile", "tiny.yaml")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    work, _ = run_tiny(tmp_path_factory.mktemp("pipeline"), "bundle")
     return work
 
 

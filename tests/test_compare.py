@@ -29,7 +29,7 @@ from mlpbench.config import ConfigError
 from mlpbench.figures import FIGURES
 from mlpbench.findings import machine_findings
 from mlpbench.tables import lesson_reference_table
-from workflow_helpers import TINY, copy_pipeline, snakemake
+from workflow_helpers import TINY, copy_pipeline, run_tiny, snakemake
 
 OWN = "test-machine"
 LAPTOP_CREATED = "2026-01-02T03:04:05+00:00"
@@ -133,10 +133,7 @@ def html_text(path: Path) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The tiny run (one machine), its report kept, and the other machines' bundles."""
-    work = copy_pipeline(tmp_path_factory.mktemp("compare"))
-    shutil.copy(TINY, work / "tiny.yaml")
-    result = snakemake(work, "--cores", "2", "--configfile", "tiny.yaml")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    work, _ = run_tiny(tmp_path_factory.mktemp("compare"))
     kept = work / "kept"
     kept.mkdir()
     shutil.copy(work / "results" / "report" / "report.html", kept / "one_machine.html")

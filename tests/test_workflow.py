@@ -14,7 +14,7 @@ import yaml
 
 from mlpbench.contract import TRAIN_TABLES
 from mlpbench.rendering import quarto_version
-from workflow_helpers import REPO, TINY, copy_pipeline, snakemake
+from workflow_helpers import REPO, TINY, run_tiny, snakemake
 
 CUDA = torch.cuda.is_available()
 QUARTO_PROBLEM = quarto_version()[1]
@@ -37,10 +37,7 @@ def _keep_report(work, name: str, result) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    work = copy_pipeline(tmp_path_factory.mktemp("pipeline"))
-    shutil.copy(TINY, work / "tiny.yaml")
-    result = snakemake(work, "--cores", "2", "--configfile", "tiny.yaml")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    work, result = run_tiny(tmp_path_factory.mktemp("pipeline"))
     _keep_report(work, "auto", result)
     return work
 

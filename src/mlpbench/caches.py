@@ -31,7 +31,7 @@ __all__ = ["FLUSH_FACTOR", "LIBRARIES", "UNKNOWN_CACHE_BYTES", "CacheFlush", "La
 
 FLUSH_FACTOR = 2  # the flush buffer is this many times the last-level cache
 # Stand-in where the cache size cannot be read: larger than the L3 of any CPU we know of, and
-# than any GPU's L2 (Triton's own stand-in is 256 MiB).
+# than any GPU's L2 (torch._inductor's benchmarker falls back to 256 MiB).
 UNKNOWN_CACHE_BYTES = 512 * 2**20
 _SYS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
@@ -143,15 +143,10 @@ class CacheFlush:
                      f"{library}")
 
     def __call__(self) -> None:
-        if self.library == "numpy":
-            import numpy as np
+        self._buffer += 1.0  # in place, in NumPy and torch alike: every line read and written
+        if self._device is not None and self._device.type == "cuda":
+            import torch
 
-            np.add(self._buffer, 1.0, out=self._buffer)
-            return
-        import torch
-
-        self._buffer.add_(1.0)
-        if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
     def release(self) -> None:

@@ -1099,9 +1099,4 @@ def findings_table(tables: Mapping[str, pd.DataFrame], *,
                                   chance_margin=chance_margin, stall_share=stall_share)
     if "epoch_time" in tables:
         rows += epoch_time_findings(tables["epoch_time"])
-    df = pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
-    for col in ("value", "reference_value"):
-        df[col] = df[col].astype("float64")
-    for col in set(FINDINGS_COLUMNS) - {"value", "reference_value"}:
-        df[col] = df[col].astype("string")
-    return df.reset_index(drop=True)
+    return _frame(rows)

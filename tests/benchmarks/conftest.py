@@ -122,6 +122,17 @@ def bench_threads() -> int:
 
 
 @pytest.fixture
+def arrow_threads(bench_threads: int) -> Any:
+    """Arrow's CPU pool set to the suite's threads for one benchmark, restored afterwards."""
+    import pyarrow as pa
+
+    previous = pa.cpu_count()
+    pa.set_cpu_count(bench_threads)
+    yield bench_threads
+    pa.set_cpu_count(previous)
+
+
+@pytest.fixture
 def record_ratio(request: pytest.FixtureRequest) -> Callable[[dict[str, Any]], None]:
     """Keep a ratio check's numbers for the terminal summary and the saved JSON."""
     return request.config.stash.setdefault(_RATIOS, []).append

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 import synthetic_results as synth
 
@@ -56,14 +55,6 @@ def realistic_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
         "input_rows": sum(len(pd.read_parquet(p)) for p in files if p.suffix == ".parquet"),
         "input_bytes": sum(p.stat().st_size for p in files),
     }
-
-
-@pytest.fixture
-def arrow_threads(bench_threads: int) -> Any:
-    previous = pa.cpu_count()
-    pa.set_cpu_count(bench_threads)
-    yield bench_threads
-    pa.set_cpu_count(previous)
 
 
 def test_build_tables(bench: Any, realistic_inputs: dict[str, Any], arrow_threads: int) -> None:

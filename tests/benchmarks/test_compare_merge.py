@@ -23,7 +23,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 import synthetic_results as synth
 from test_bench_tables import MATMUL_SHAPES, SCALE
@@ -96,14 +95,6 @@ def hundred_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     paths = [_rewrite(first, root / "bundles" / f"node-{i:03d}.zip", f"node-{i:03d}",
                       f"Synthetic CPU model {i % 7}") for i in range(N_BUNDLES)]
     return {"results": results, "paths": paths, "bytes": first.stat().st_size}
-
-
-@pytest.fixture
-def arrow_threads(bench_threads: int) -> Any:
-    previous = pa.cpu_count()
-    pa.set_cpu_count(bench_threads)
-    yield bench_threads
-    pa.set_cpu_count(previous)
 
 
 # The target is wall time on the machine's cores (bundles are opened side by side), so the wall
