@@ -493,8 +493,9 @@ class Story:
             text.append(
                 f"Smaller matrix-vector products can beat the copy bandwidth (up to "
                 f"{pct(cache['value'], 0)} at {num(cache['ev']['row']['bytes'] / 2**20)} MiB): "
-                f"their matrix can stay in the CPU caches between repetitions, and, as above, "
-                f"a read-only stream can pass a copy's rate.")
+                f"their matrix can stay in the CPU caches between repetitions, and a read-only "
+                f"stream can pass a copy's rate (the copy counts the bytes it reads and writes, "
+                f"while the memory also reads each line the copy writes into).")
         if square:
             r = square["ev"]["row"]
             text.append(
